@@ -1,0 +1,574 @@
+//! The constraint engine: a pure, deterministic function of
+//! (state, command, stamped time) → (state, outcome).
+//!
+//! No IO, no clock, no async. The proposer stamps each command with its
+//! wall-clock time; the engine applies it at `max(last applied, stamp)`, so
+//! time never goes backwards across leader changes. Replicas that apply the
+//! same commands hold byte-identical state.
+
+mod constraint;
+mod error;
+mod store;
+mod types;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{EngineError, ErrorCode};
+pub use store::{
+    Deadline, DedupKey, DedupRecord, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore, Meta,
+    Store, WindowEntry,
+};
+pub use types::*;
+
+use constraint::View;
+
+/// Settings every replica of a partition must share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// How long an idempotency record outlives what it recorded (for an
+    /// acquire: the end of its lease).
+    pub dedup_window_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
+        }
+    }
+}
+
+/// The engine over a store of its records.
+#[derive(Clone, Debug)]
+pub struct Engine<S: Store> {
+    store: S,
+    config: EngineConfig,
+}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: S, config: EngineConfig) -> Self {
+        Engine { store, config }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    /// The latest applied time.
+    pub fn applied_ms(&self) -> u64 {
+        self.store.meta().applied_ms
+    }
+
+    /// The next instant at which something expires (a lease, an idle key, a
+    /// dedup record): when the leader should propose [`Command::Expire`].
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.store.first_deadline().map(|(at, _)| at)
+    }
+
+    /// Applies one command stamped at `stamp_ms`. A malformed command is
+    /// rejected before anything, even time, changes.
+    pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
+        validate::command(cmd)?;
+        let now_ms = self.advance(stamp_ms);
+        if let Some(replay) = self.replay(cmd)? {
+            return Ok(replay);
+        }
+        let outcome = match cmd {
+            Command::Acquire(r) => self.acquire(r, now_ms),
+            Command::Extend(r) => self.extend(r, now_ms)?,
+            Command::Release(r) => self.release(r, now_ms)?,
+            Command::SetCapacity(r) => self.set_capacity(&r.scope, &r.key, r.capacity, now_ms),
+            Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
+            Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
+        };
+        self.remember(cmd, &outcome, now_ms);
+        Ok(Applied {
+            outcome,
+            replayed: false,
+        })
+    }
+
+    fn advance(&mut self, stamp_ms: u64) -> u64 {
+        let mut meta = self.store.meta();
+        let now_ms = meta.applied_ms.max(stamp_ms);
+        assert!(now_ms >= meta.applied_ms, "applied time never decreases");
+        meta.applied_ms = now_ms;
+        if meta.next_lease_id == 0 {
+            meta.next_lease_id = 1;
+        }
+        self.store.set_meta(meta);
+        now_ms
+    }
+
+    /// The dedup identity of a mutating command and its fingerprint.
+    fn dedup_key(cmd: &Command) -> Option<(DedupKey, u64)> {
+        let (scope, key) = match cmd {
+            Command::Acquire(r) => (&r.scope, &r.idempotency_key),
+            Command::Extend(r) => (&r.scope, &r.idempotency_key),
+            Command::Release(r) => (&r.scope, &r.idempotency_key),
+            Command::SetCapacity(r) => (&r.scope, &r.idempotency_key),
+            Command::AdjustCapacity(r) => (&r.scope, &r.idempotency_key),
+            Command::Expire { .. } => return None,
+        };
+        // The key is part of the command, so equal commands hash equally.
+        let bytes = postcard::to_stdvec(cmd).expect("commands always serialize");
+        let key = DedupKey {
+            scope: scope.clone(),
+            idempotency_key: key.clone(),
+        };
+        Some((key, xxhash_rust::xxh3::xxh3_64(&bytes)))
+    }
+
+    fn replay(&self, cmd: &Command) -> Result<Option<Applied>> {
+        let Some((key, fingerprint)) = Self::dedup_key(cmd) else {
+            return Ok(None);
+        };
+        match self.store.dedup(&key) {
+            None => Ok(None),
+            Some(rec) if rec.fingerprint == fingerprint => Ok(Some(Applied {
+                outcome: rec.outcome.clone(),
+                replayed: true,
+            })),
+            Some(_) => Err(EngineError::IdempotencyKeyReused {
+                idempotency_key: key.idempotency_key,
+            }),
+        }
+    }
+
+    /// Records a successful outcome under the command's idempotency key.
+    /// Denials are not recorded: a retry after one is a fresh attempt.
+    fn remember(&mut self, cmd: &Command, outcome: &Outcome, now_ms: u64) {
+        if matches!(outcome, Outcome::Denied(_)) {
+            return;
+        }
+        let Some((key, fingerprint)) = Self::dedup_key(cmd) else {
+            return;
+        };
+        // A grant's record lives as long as its lease; the lease's end
+        // starts the window (see `end_lease`).
+        let drop_at_ms = match outcome {
+            Outcome::Granted(_) => None,
+            _ => Some(now_ms + self.config.dedup_window_ms),
+        };
+        if let Some(at) = drop_at_ms {
+            self.store.insert_deadline(at, Deadline::Dedup(key.clone()));
+        }
+        let record = DedupRecord {
+            fingerprint,
+            outcome: outcome.clone(),
+            drop_at_ms,
+        };
+        self.store.insert_dedup(key, record);
+    }
+
+    fn key_id(scope: &str, c: &Constraint) -> KeyId {
+        KeyId {
+            scope: scope.to_string(),
+            kind: c.kind(),
+            key: c.key().to_string(),
+        }
+    }
+
+    /// How much every constraint admits now: the grantable amount (capped at
+    /// `amount`), or the usage of every constraint that blocks `min_amount`.
+    fn evaluate(&self, scope: &str, constraints: &[Constraint], amount: u32, min_amount: u32, now_ms: u64) -> Evaluation {
+        let mut grantable = amount;
+        let mut views = Vec::with_capacity(constraints.len());
+        for c in constraints {
+            let rec = self.store.key(&Self::key_id(scope, c));
+            let view = View { c, rec, now_ms };
+            let (_, _, available) = view.usage_parts();
+            grantable = grantable.min(u32::try_from(available).unwrap_or(u32::MAX));
+            views.push((view, available));
+        }
+        if grantable >= min_amount {
+            return Evaluation::Grant(grantable);
+        }
+        let blocking: Vec<Usage> = views
+            .iter()
+            .filter(|(_, available)| *available < u64::from(min_amount))
+            .map(|(view, _)| view.usage(Some(min_amount)))
+            .collect();
+        let retry_after_ms = blocking
+            .iter()
+            .map(|u| u.retry_after_ms)
+            .try_fold(0, |acc, r| r.map(|r| acc.max(r)));
+        Evaluation::Deny(Denial {
+            blocking,
+            retry_after_ms,
+        })
+    }
+
+    fn usage_of(&self, scope: &str, constraints: &[Constraint], now_ms: u64) -> Vec<Usage> {
+        constraints
+            .iter()
+            .map(|c| {
+                let rec = self.store.key(&Self::key_id(scope, c));
+                View { c, rec, now_ms }.usage(None)
+            })
+            .collect()
+    }
+
+    fn acquire(&mut self, r: &AcquireRequest, now_ms: u64) -> Outcome {
+        let granted = match self.evaluate(&r.scope, &r.constraints, r.amount, r.min_amount(), now_ms) {
+            Evaluation::Grant(n) => n,
+            Evaluation::Deny(denial) => return Outcome::Denied(denial),
+        };
+        let mut meta = self.store.meta();
+        let lease_id = meta.next_lease_id;
+        meta.next_lease_id += 1;
+        self.store.set_meta(meta);
+        let expires_at_ms = now_ms + r.lease_ttl_ms;
+        let mut holds = Vec::new();
+        for c in &r.constraints {
+            let units = self.reserve(&r.scope, c, granted, lease_id, expires_at_ms, now_ms);
+            if units > 0 {
+                holds.push(Hold {
+                    kind: c.kind(),
+                    key: c.key().to_string(),
+                    units,
+                });
+            }
+        }
+        let usage = self.usage_of(&r.scope, &r.constraints, now_ms);
+        for (u, c) in usage.iter().zip(&r.constraints) {
+            let over = matches!(c, Constraint::Concurrency { .. } | Constraint::RateLimit { .. })
+                && u.used > u.limit;
+            assert!(!over, "a grant never takes {} {:?} over its limit", c.kind().as_str(), c.key());
+        }
+        self.store.insert_lease(
+            lease_id,
+            Lease {
+                scope: r.scope.clone(),
+                amount: granted,
+                holds,
+                granted_at_ms: now_ms,
+                expires_at_ms,
+                deadline_ms: r.max_lifetime_ms.map(|l| now_ms + l),
+                idempotency_key: r.idempotency_key.clone(),
+            },
+        );
+        self.store.insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
+        Outcome::Granted(Grant {
+            lease_id,
+            fencing_token: lease_id,
+            granted_amount: granted,
+            granted_at_ms: now_ms,
+            expires_at_ms,
+            usage,
+        })
+    }
+
+    fn reserve(&mut self, scope: &str, c: &Constraint, amount: u32, lease_id: LeaseId, expires_at_ms: u64, now_ms: u64) -> u64 {
+        let id = Self::key_id(scope, c);
+        if self.store.key(&id).is_none() {
+            self.store.insert_key(id.clone(), constraint::new_record(c));
+        }
+        let rec = self.store.key_mut(&id).expect("inserted above");
+        let holder = Holder {
+            expires_at_ms,
+            lease_id,
+            units: 0,
+        };
+        let units = constraint::reserve(rec, c, amount, holder, now_ms);
+        if rec.sweep_at_ms.is_none() {
+            if let Some(at) = constraint::idle_at_ms(rec) {
+                rec.sweep_at_ms = Some(at);
+                self.store.insert_deadline(at, Deadline::Key(id));
+            }
+        }
+        units
+    }
+
+    /// The live lease `lease_id` of `scope`, or why there is none.
+    fn live_lease(&self, scope: &str, lease_id: LeaseId, now_ms: u64) -> Result<Option<&Lease>> {
+        match self.store.lease(lease_id) {
+            Some(lease) if lease.scope != scope => Err(EngineError::LeaseNotFound { lease_id }),
+            Some(lease) if lease.expires_at_ms > now_ms => Ok(Some(lease)),
+            Some(_) => Ok(None),
+            None if lease_id < self.store.meta().next_lease_id => Ok(None),
+            None => Err(EngineError::LeaseNotFound { lease_id }),
+        }
+    }
+
+    fn extend(&mut self, r: &ExtendRequest, now_ms: u64) -> Result<Outcome> {
+        let lease_id = r.lease_id;
+        let lease = self
+            .live_lease(&r.scope, lease_id, now_ms)?
+            .ok_or(EngineError::LeaseLost { lease_id })?;
+        let expires_at_ms = now_ms + r.ttl_ms;
+        if let Some(deadline_ms) = lease.deadline_ms.filter(|d| expires_at_ms > *d) {
+            return Err(EngineError::MaxLifetimeExceeded {
+                lease_id,
+                requested_ms: expires_at_ms,
+                deadline_ms,
+            });
+        }
+        let old_ms = lease.expires_at_ms;
+        let holds = lease.holds.clone();
+        for hold in &holds {
+            let id = KeyId {
+                scope: r.scope.clone(),
+                kind: hold.kind,
+                key: hold.key.clone(),
+            };
+            let rec = self.store.key_mut(&id).expect("a live lease's keys exist");
+            let old = Holder {
+                expires_at_ms: old_ms,
+                lease_id,
+                units: hold.units,
+            };
+            assert!(rec.holders.remove(&old), "a live lease is among its keys' holders");
+            rec.holders.insert(Holder { expires_at_ms, ..old });
+        }
+        self.store.remove_deadline(old_ms, &Deadline::Lease(lease_id));
+        self.store.insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
+        self.store.lease_mut(lease_id).expect("live").expires_at_ms = expires_at_ms;
+        Ok(Outcome::Extended {
+            lease_id,
+            expires_at_ms,
+        })
+    }
+
+    fn release(&mut self, r: &ReleaseRequest, now_ms: u64) -> Result<Outcome> {
+        let was_held = self.live_lease(&r.scope, r.lease_id, now_ms)?.is_some();
+        // An expired lease the scavenger has not reached yet ends here too.
+        if self.store.lease(r.lease_id).is_some() {
+            self.end_lease(r.lease_id, now_ms);
+        }
+        Ok(Outcome::Released {
+            lease_id: r.lease_id,
+            was_held,
+        })
+    }
+
+    /// Removes a lease and its holds, and starts its acquire record's window.
+    fn end_lease(&mut self, lease_id: LeaseId, now_ms: u64) -> u64 {
+        let lease = self.store.remove_lease(lease_id).expect("ending a lease that exists");
+        self.store.remove_deadline(lease.expires_at_ms, &Deadline::Lease(lease_id));
+        let mut freed = 0;
+        for hold in lease.holds {
+            let id = KeyId {
+                scope: lease.scope.clone(),
+                kind: hold.kind,
+                key: hold.key,
+            };
+            let rec = self.store.key_mut(&id).expect("a lease's keys exist");
+            let holder = Holder {
+                expires_at_ms: lease.expires_at_ms,
+                lease_id,
+                units: hold.units,
+            };
+            assert!(rec.holders.remove(&holder), "a lease is among its keys' holders");
+            match &mut rec.state {
+                KeyState::Concurrency { used, .. } | KeyState::Semaphore { used, .. } => *used -= hold.units,
+                _ => unreachable!("only holding kinds have holders"),
+            }
+            freed += hold.units;
+            if constraint::is_idle(rec, now_ms) {
+                self.store.remove_key(&id);
+            }
+        }
+        let key = DedupKey {
+            scope: lease.scope,
+            idempotency_key: lease.idempotency_key,
+        };
+        let drop_at_ms = now_ms + self.config.dedup_window_ms;
+        if let Some(rec) = self.store.dedup_mut(&key) {
+            rec.drop_at_ms = Some(drop_at_ms);
+            self.store.insert_deadline(drop_at_ms, Deadline::Dedup(key));
+        }
+        freed
+    }
+
+    fn semaphore_id(scope: &str, key: &str) -> KeyId {
+        KeyId {
+            scope: scope.to_string(),
+            kind: Kind::Semaphore,
+            key: key.to_string(),
+        }
+    }
+
+    fn set_capacity(&mut self, scope: &str, key: &str, capacity: u64, now_ms: u64) -> Outcome {
+        let id = Self::semaphore_id(scope, key);
+        if self.store.key(&id).is_none() {
+            let c = Constraint::Semaphore {
+                key: key.to_string(),
+                weight: 1,
+            };
+            self.store.insert_key(id.clone(), constraint::new_record(&c));
+        }
+        let rec = self.store.key_mut(&id).expect("inserted above");
+        match &mut rec.state {
+            KeyState::Semaphore { capacity: c, .. } => *c = capacity,
+            _ => unreachable!("semaphore ids name semaphore records"),
+        }
+        if constraint::is_idle(rec, now_ms) {
+            self.store.remove_key(&id);
+        }
+        Outcome::Capacity {
+            key: key.to_string(),
+            capacity,
+        }
+    }
+
+    fn capacity(&self, scope: &str, key: &str) -> u64 {
+        match self.store.key(&Self::semaphore_id(scope, key)) {
+            Some(KeyRecord {
+                state: KeyState::Semaphore { capacity, .. },
+                ..
+            }) => *capacity,
+            _ => 0,
+        }
+    }
+
+    fn adjust_capacity(&mut self, r: &AdjustCapacityRequest, now_ms: u64) -> Result<Outcome> {
+        let current = self.capacity(&r.scope, &r.key);
+        let max = crate::limits::CAPACITY_MAX;
+        let next = i128::from(current) + i128::from(r.delta);
+        if next < 0 || next > i128::from(max) {
+            return Err(EngineError::CapacityOutOfRange {
+                key: r.key.clone(),
+                capacity: current,
+                delta: r.delta,
+                max,
+            });
+        }
+        Ok(self.set_capacity(&r.scope, &r.key, next as u64, now_ms))
+    }
+
+    /// The scavenger: handles every deadline at or before `until_ms`.
+    fn purge(&mut self, until_ms: u64) -> PurgeReport {
+        let mut report = PurgeReport::default();
+        while let Some((at_ms, deadline)) = self.store.first_deadline() {
+            if at_ms > until_ms {
+                break;
+            }
+            self.store.remove_deadline(at_ms, &deadline);
+            match deadline {
+                Deadline::Lease(id) => {
+                    report.leases_expired += 1;
+                    report.units_freed += self.end_lease(id, until_ms);
+                }
+                Deadline::Dedup(key) => {
+                    self.store.remove_dedup(&key);
+                    report.dedup_dropped += 1;
+                }
+                Deadline::Key(id) => {
+                    let rec = self.store.key_mut(&id).expect("a swept key exists");
+                    if constraint::is_idle(rec, until_ms) {
+                        self.store.remove_key(&id);
+                        report.keys_dropped += 1;
+                    } else {
+                        let next = constraint::idle_at_ms(rec).expect("spending keys have an idle time");
+                        rec.sweep_at_ms = Some(next);
+                        self.store.insert_deadline(next, Deadline::Key(id));
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Would an acquire of these constraints be granted at `now_ms`? Reads
+    /// only; `now_ms` earlier than the applied time counts as the applied time.
+    pub fn check(&self, scope: &str, constraints: &[Constraint], amount: u32, min_amount: Option<u32>, now_ms: u64) -> Result<CheckResult> {
+        validate::demand(scope, constraints, amount, min_amount)?;
+        let now_ms = now_ms.max(self.applied_ms());
+        let min_amount = min_amount.unwrap_or(amount);
+        let (grantable_amount, retry_after_ms) = match self.evaluate(scope, constraints, amount, min_amount, now_ms) {
+            Evaluation::Grant(n) => (n, Some(0)),
+            Evaluation::Deny(d) => (0, d.retry_after_ms),
+        };
+        let usage = constraints
+            .iter()
+            .map(|c| {
+                let rec = self.store.key(&Self::key_id(scope, c));
+                let view = View { c, rec, now_ms };
+                let blocks = view.usage_parts().2 < u64::from(min_amount);
+                view.usage(blocks.then_some(min_amount))
+            })
+            .collect();
+        Ok(CheckResult {
+            grantable_amount,
+            usage,
+            retry_after_ms,
+        })
+    }
+
+    /// A key's state at `now_ms` (at least the applied time). Reads only.
+    pub fn inspect(&self, scope: &str, kind: Kind, key: &str, now_ms: u64) -> Result<KeyInfo> {
+        validate::key_ref(scope, key)?;
+        let now_ms = now_ms.max(self.applied_ms());
+        let id = KeyId {
+            scope: scope.to_string(),
+            kind,
+            key: key.to_string(),
+        };
+        let rec = self.store.key(&id);
+        // Limits travel with requests; inspection reads the last one seen.
+        let c = match rec.map(|r| &r.state) {
+            Some(KeyState::Concurrency { limit, .. }) => Constraint::Concurrency {
+                key: key.to_string(),
+                limit: u32::try_from(*limit).unwrap_or(u32::MAX),
+            },
+            Some(KeyState::Throttle {
+                limit,
+                period_ms,
+                burst,
+                ..
+            }) => Constraint::Throttle {
+                key: key.to_string(),
+                limit: *limit,
+                period_ms: *period_ms,
+                burst: *burst,
+            },
+            Some(KeyState::RateLimit { limit, period_ms, .. }) => Constraint::RateLimit {
+                key: key.to_string(),
+                limit: *limit,
+                period_ms: *period_ms,
+            },
+            Some(KeyState::Semaphore { .. }) | None => Constraint::Semaphore {
+                key: key.to_string(),
+                weight: 1,
+            },
+        };
+        let view = View { c: &c, rec, now_ms };
+        let (used, limit, _) = view.usage_parts();
+        let holders: Vec<Holder> = rec
+            .map(|r| r.holders.iter().filter(|h| h.expires_at_ms > now_ms).copied().collect())
+            .unwrap_or_default();
+        let next_expiry_ms = match rec.map(|r| &r.state) {
+            Some(KeyState::Throttle { .. } | KeyState::RateLimit { .. }) => {
+                rec.and_then(constraint::idle_at_ms).filter(|at| *at > now_ms)
+            }
+            _ => holders.first().map(|h| h.expires_at_ms),
+        };
+        Ok(KeyInfo {
+            kind,
+            key: key.to_string(),
+            exists: rec.is_some(),
+            used,
+            limit,
+            holders,
+            next_expiry_ms,
+        })
+    }
+}
+
+enum Evaluation {
+    Grant(u32),
+    Deny(Denial),
+}

@@ -1,0 +1,277 @@
+//! The records the engine keeps and the narrow trait it keeps them behind.
+//!
+//! The engine reads and writes only through [`Store`], so the replicated
+//! state machine can back it with RocksDB while tests use [`MemStore`]. Every
+//! record serializes deterministically: two stores holding the same records
+//! produce the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Holder, Kind, LeaseId, Outcome};
+
+/// Partition-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The latest applied time; never decreases.
+    pub applied_ms: u64,
+    /// The id (and fencing token) of the partition's next grant.
+    pub next_lease_id: LeaseId,
+}
+
+/// A constraint key's identity: the same string under two kinds is two keys.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KeyId {
+    pub scope: String,
+    pub kind: Kind,
+    pub key: String,
+}
+
+/// One grant still inside a rate-limit window: `units` granted at `at_ms`
+/// (rounded up to the window's slot, see `RATE_LIMIT_SLOTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowEntry {
+    pub at_ms: u64,
+    pub units: u32,
+}
+
+/// The per-kind state of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    /// `used` counts the units of every holder, expired or not, until the
+    /// scavenger ends the expired ones. `limit` is the last one a request
+    /// carried.
+    Concurrency { used: u64, limit: u64 },
+    /// `used` as for concurrency; `capacity` is set at run time.
+    Semaphore { used: u64, capacity: u64 },
+    /// GCRA theoretical arrival time, in nanoseconds since the epoch (wide,
+    /// because `amount × period / limit` may reach far into the future).
+    Throttle {
+        tat_ns: u128,
+        limit: u32,
+        period_ms: u64,
+        burst: u32,
+    },
+    /// Grants still inside the window, oldest first. `period_ms` is the
+    /// longest period a request carried while the key lived: grants are
+    /// remembered that long.
+    RateLimit {
+        window: Vec<WindowEntry>,
+        limit: u32,
+        period_ms: u64,
+    },
+}
+
+/// A key's state, its holders (concurrency and semaphore) and the instant
+/// the scavenger will look at it again (throttle and rate limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub state: KeyState,
+    /// Ordered by expiry, then lease id.
+    pub holders: BTreeSet<Holder>,
+    pub sweep_at_ms: Option<u64>,
+}
+
+/// Units one lease holds on one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub kind: Kind,
+    pub key: String,
+    pub units: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub scope: String,
+    pub amount: u32,
+    pub holds: Vec<Hold>,
+    pub granted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// `granted_at + max_lifetime_ms`, if the acquire set one.
+    pub deadline_ms: Option<u64>,
+    /// The acquire's idempotency key, whose record lives while the lease does.
+    pub idempotency_key: String,
+}
+
+/// An idempotency key's identity: keys are scoped.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DedupKey {
+    pub scope: String,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    /// Hash of the request's parameters: a retry must match it.
+    pub fingerprint: u64,
+    pub outcome: Outcome,
+    /// When the record may be dropped; `None` while the lease it granted lives.
+    pub drop_at_ms: Option<u64>,
+}
+
+/// Something the scavenger must look at when applied time reaches its instant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Deadline {
+    Lease(LeaseId),
+    Dedup(DedupKey),
+    Key(KeyId),
+}
+
+/// Where the engine keeps its records. Implementations must keep deadlines
+/// ordered by `(instant, deadline)`; everything else is point access.
+pub trait Store {
+    fn meta(&self) -> Meta;
+    fn set_meta(&mut self, meta: Meta);
+
+    fn key(&self, id: &KeyId) -> Option<&KeyRecord>;
+    fn key_mut(&mut self, id: &KeyId) -> Option<&mut KeyRecord>;
+    fn insert_key(&mut self, id: KeyId, record: KeyRecord);
+    fn remove_key(&mut self, id: &KeyId) -> Option<KeyRecord>;
+
+    fn lease(&self, id: LeaseId) -> Option<&Lease>;
+    fn lease_mut(&mut self, id: LeaseId) -> Option<&mut Lease>;
+    fn insert_lease(&mut self, id: LeaseId, lease: Lease);
+    fn remove_lease(&mut self, id: LeaseId) -> Option<Lease>;
+
+    fn dedup(&self, key: &DedupKey) -> Option<&DedupRecord>;
+    fn dedup_mut(&mut self, key: &DedupKey) -> Option<&mut DedupRecord>;
+    fn insert_dedup(&mut self, key: DedupKey, record: DedupRecord);
+    fn remove_dedup(&mut self, key: &DedupKey) -> Option<DedupRecord>;
+
+    /// The earliest deadline, if any.
+    fn first_deadline(&self) -> Option<(u64, Deadline)>;
+    fn insert_deadline(&mut self, at_ms: u64, deadline: Deadline);
+    fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline);
+}
+
+/// The in-memory store: hash maps for point access, an ordered set for
+/// deadlines. Iteration order never reaches the engine; [`MemStore::encode`]
+/// sorts, so equal stores encode to equal bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemStore {
+    meta: Meta,
+    keys: HashMap<KeyId, KeyRecord>,
+    leases: HashMap<LeaseId, Lease>,
+    dedup: HashMap<DedupKey, DedupRecord>,
+    deadlines: BTreeSet<(u64, Deadline)>,
+}
+
+/// The canonical, ordered form of a store's records.
+#[derive(Serialize, Deserialize)]
+struct Canonical {
+    meta: Meta,
+    keys: BTreeMap<KeyId, KeyRecord>,
+    leases: BTreeMap<LeaseId, Lease>,
+    dedup: BTreeMap<DedupKey, DedupRecord>,
+    deadlines: BTreeSet<(u64, Deadline)>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Deterministic bytes of every record: equal stores give equal bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let canonical = Canonical {
+            meta: self.meta,
+            keys: self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            dedup: self.dedup.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            deadlines: self.deadlines.clone(),
+        };
+        postcard::to_stdvec(&canonical).expect("in-memory records always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let c: Canonical = postcard::from_bytes(bytes)?;
+        Ok(Self {
+            meta: c.meta,
+            keys: c.keys.into_iter().collect(),
+            leases: c.leases.into_iter().collect(),
+            dedup: c.dedup.into_iter().collect(),
+            deadlines: c.deadlines,
+        })
+    }
+
+    /// A 64-bit digest of [`MemStore::encode`], for comparing replicas.
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.encode())
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn dedup_count(&self) -> usize {
+        self.dedup.len()
+    }
+
+    pub fn deadline_count(&self) -> usize {
+        self.deadlines.len()
+    }
+}
+
+impl Store for MemStore {
+    fn meta(&self) -> Meta {
+        self.meta
+    }
+    fn set_meta(&mut self, meta: Meta) {
+        self.meta = meta;
+    }
+
+    fn key(&self, id: &KeyId) -> Option<&KeyRecord> {
+        self.keys.get(id)
+    }
+    fn key_mut(&mut self, id: &KeyId) -> Option<&mut KeyRecord> {
+        self.keys.get_mut(id)
+    }
+    fn insert_key(&mut self, id: KeyId, record: KeyRecord) {
+        self.keys.insert(id, record);
+    }
+    fn remove_key(&mut self, id: &KeyId) -> Option<KeyRecord> {
+        self.keys.remove(id)
+    }
+
+    fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+    fn lease_mut(&mut self, id: LeaseId) -> Option<&mut Lease> {
+        self.leases.get_mut(&id)
+    }
+    fn insert_lease(&mut self, id: LeaseId, lease: Lease) {
+        self.leases.insert(id, lease);
+    }
+    fn remove_lease(&mut self, id: LeaseId) -> Option<Lease> {
+        self.leases.remove(&id)
+    }
+
+    fn dedup(&self, key: &DedupKey) -> Option<&DedupRecord> {
+        self.dedup.get(key)
+    }
+    fn dedup_mut(&mut self, key: &DedupKey) -> Option<&mut DedupRecord> {
+        self.dedup.get_mut(key)
+    }
+    fn insert_dedup(&mut self, key: DedupKey, record: DedupRecord) {
+        self.dedup.insert(key, record);
+    }
+    fn remove_dedup(&mut self, key: &DedupKey) -> Option<DedupRecord> {
+        self.dedup.remove(key)
+    }
+
+    fn first_deadline(&self) -> Option<(u64, Deadline)> {
+        self.deadlines.first().cloned()
+    }
+    fn insert_deadline(&mut self, at_ms: u64, deadline: Deadline) {
+        self.deadlines.insert((at_ms, deadline));
+    }
+    fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline) {
+        // The tuple key needs an owned deadline; removals are rare enough.
+        self.deadlines.remove(&(at_ms, deadline.clone()));
+    }
+}

@@ -1,0 +1,259 @@
+//! Commands the engine applies, the outcomes it returns, and the records it
+//! keeps in its [`Store`](super::Store).
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a lease inside its partition. Allocated from a per-partition
+/// counter, so ids are never reused.
+pub type LeaseId = u64;
+
+/// The kind of a constraint. Part of a key's identity: the same key string
+/// under two kinds names two independent keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Concurrency,
+    Throttle,
+    RateLimit,
+    Semaphore,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Concurrency => "concurrency",
+            Kind::Throttle => "throttle",
+            Kind::RateLimit => "rate_limit",
+            Kind::Semaphore => "semaphore",
+        }
+    }
+}
+
+/// One constraint of an acquire. Limits travel with every request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Constraint {
+    /// At most `limit` units held at once by unexpired leases.
+    Concurrency { key: String, limit: u32 },
+    /// GCRA: `limit` units per `period_ms` on average, at most `burst + 1`
+    /// units at one instant.
+    Throttle {
+        key: String,
+        limit: u32,
+        period_ms: u64,
+        burst: u32,
+    },
+    /// Hard limit: at most `limit` units granted in any window of `period_ms`.
+    RateLimit {
+        key: String,
+        limit: u32,
+        period_ms: u64,
+    },
+    /// Consumes `weight` units of the key's run-time capacity per unit of
+    /// amount, for as long as the lease is held.
+    Semaphore { key: String, weight: u32 },
+}
+
+impl Constraint {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Constraint::Concurrency { .. } => Kind::Concurrency,
+            Constraint::Throttle { .. } => Kind::Throttle,
+            Constraint::RateLimit { .. } => Kind::RateLimit,
+            Constraint::Semaphore { .. } => Kind::Semaphore,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Constraint::Concurrency { key, .. }
+            | Constraint::Throttle { key, .. }
+            | Constraint::RateLimit { key, .. }
+            | Constraint::Semaphore { key, .. } => key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub scope: String,
+    pub constraints: Vec<Constraint>,
+    pub amount: u32,
+    /// With a value, grant the largest amount in `[min_amount, amount]` that
+    /// every constraint allows; without, all of `amount` or nothing.
+    pub min_amount: Option<u32>,
+    pub lease_ttl_ms: u64,
+    /// The lease can never be extended past `granted_at + max_lifetime_ms`.
+    pub max_lifetime_ms: Option<u64>,
+    pub idempotency_key: String,
+}
+
+impl AcquireRequest {
+    /// The smallest amount that satisfies the request.
+    pub fn min_amount(&self) -> u32 {
+        self.min_amount.unwrap_or(self.amount)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExtendRequest {
+    pub scope: String,
+    pub lease_id: LeaseId,
+    /// The new expiry is `now + ttl_ms`.
+    pub ttl_ms: u64,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub scope: String,
+    pub lease_id: LeaseId,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SetCapacityRequest {
+    pub scope: String,
+    pub key: String,
+    pub capacity: u64,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AdjustCapacityRequest {
+    pub scope: String,
+    pub key: String,
+    pub delta: i64,
+    pub idempotency_key: String,
+}
+
+/// A command of the replicated log. The proposer stamps it with its clock;
+/// the engine never reads one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Acquire(AcquireRequest),
+    Extend(ExtendRequest),
+    Release(ReleaseRequest),
+    SetCapacity(SetCapacityRequest),
+    AdjustCapacity(AdjustCapacityRequest),
+    /// The scavenger: drop expired leases, idle keys and dedup records whose
+    /// time is at or before `min(until_ms, applied time)`.
+    Expire { until_ms: u64 },
+}
+
+/// The state of one constraint as a request saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub kind: Kind,
+    pub key: String,
+    /// Units counted against the limit now. For a throttle, the units still
+    /// held back by pacing (the GCRA bucket's fill).
+    pub used: u64,
+    /// The limit the request carried (for a semaphore, the key's capacity;
+    /// for a throttle, `burst + 1`, the bucket size).
+    pub limit: u64,
+    /// Whole units of amount that could be granted now (for a semaphore,
+    /// already divided by the weight).
+    pub available: u64,
+    /// For a blocking constraint: milliseconds until it admits the request's
+    /// minimum amount, if nothing else happens meanwhile. `None` when no
+    /// passage of time alone will do (a semaphore whose capacity is too small).
+    pub retry_after_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub lease_id: LeaseId,
+    /// Strictly increasing across the grants of one partition.
+    pub fencing_token: u64,
+    pub granted_amount: u32,
+    pub granted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// Usage of every constraint after the grant, in request order.
+    pub usage: Vec<Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// Every constraint that cannot admit the minimum amount, in request order.
+    pub blocking: Vec<Usage>,
+    /// Milliseconds until every blocking constraint admits the minimum amount
+    /// (the largest of theirs); `None` if one of them never will by time alone.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// What a scavenging pass freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    pub leases_expired: u64,
+    pub units_freed: u64,
+    pub keys_dropped: u64,
+    pub dedup_dropped: u64,
+}
+
+/// The result of a successfully applied command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Granted(Grant),
+    Denied(Denial),
+    Extended {
+        lease_id: LeaseId,
+        expires_at_ms: u64,
+    },
+    /// `was_held` is false when the lease had already ended (released or
+    /// expired): releasing twice is a no-op that says so.
+    Released {
+        lease_id: LeaseId,
+        was_held: bool,
+    },
+    Capacity {
+        key: String,
+        capacity: u64,
+    },
+    Expired(PurgeReport),
+}
+
+/// An applied command: its outcome and whether it replays an earlier one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// True when the idempotency key matched an earlier call and `outcome` is
+    /// that call's outcome, returned again without spending anything.
+    pub replayed: bool,
+}
+
+/// The answer of [`Engine::check`](super::Engine::check).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The amount an acquire would be granted now: 0 if it would be denied.
+    pub grantable_amount: u32,
+    /// Usage of every constraint, in request order.
+    pub usage: Vec<Usage>,
+    /// As in [`Denial`]; `Some(0)` when it would be granted.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// One lease holding units of a concurrency or semaphore key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Holder {
+    pub expires_at_ms: u64,
+    pub lease_id: LeaseId,
+    pub units: u64,
+}
+
+/// The answer of [`Engine::inspect`](super::Engine::inspect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub kind: Kind,
+    pub key: String,
+    /// False when the key holds no state: never used, or idle and dropped.
+    pub exists: bool,
+    /// Units counted now (see [`Usage::used`]).
+    pub used: u64,
+    /// The last limit a request carried (the capacity, for a semaphore).
+    pub limit: u64,
+    /// Unexpired holders, earliest expiry first (concurrency and semaphore).
+    pub holders: Vec<Holder>,
+    /// The next instant at which something of this key changes by time alone:
+    /// a holder expires, the throttle bucket drains, a rate-limit grant leaves
+    /// the window.
+    pub next_expiry_ms: Option<u64>,
+}

@@ -1,0 +1,20 @@
+//! Leasehold: self-hosted, replicated flow control.
+//!
+//! Callers acquire time-limited capacity leases against constraints
+//! (concurrency, throttle, rate limit, semaphore) grouped in a scope, extend
+//! them while they work and release them when done. Every mutating call is
+//! atomic and idempotent.
+//!
+//! Module map:
+//! - [`limits`]: every bound on input, in one place.
+//! - [`engine`]: the pure, deterministic constraint engine — commands stamped
+//!   with the proposer's time in, outcomes out — behind a narrow storage
+//!   trait ([`engine::Store`]), with an in-memory store for tests.
+//! - [`partition`]: the documented hash that maps a scope to its partition.
+//! - [`proto`]: the public gRPC contract (`leasehold.v1`), generated from
+//!   `proto/leasehold/v1/leasehold.proto`.
+
+pub mod engine;
+pub mod limits;
+pub mod partition;
+pub mod proto;

@@ -1,0 +1,61 @@
+//! Every bound Leasehold enforces on its input, in one place.
+//!
+//! Validation (`engine::validate`) checks requests against these before
+//! anything reaches the state machine, and the proto documents the same
+//! numbers. Names carry their unit last.
+
+/// Longest scope, in bytes (UTF-8). A scope is never empty.
+pub const SCOPE_BYTES_MAX: usize = 256;
+
+/// Longest constraint key, in bytes (UTF-8). A key is never empty.
+pub const KEY_BYTES_MAX: usize = 256;
+
+/// Longest idempotency key, in bytes. An idempotency key is never empty.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// Most constraints one acquire may carry.
+pub const CONSTRAINTS_PER_REQUEST_MAX: usize = 16;
+
+/// Largest `amount` (and `min_amount`) one acquire may ask for.
+pub const AMOUNT_MAX: u32 = 1_000_000;
+
+/// Largest `limit` of a concurrency, throttle or rate-limit constraint.
+pub const LIMIT_MAX: u32 = 1_000_000_000;
+
+/// Largest throttle `burst`.
+pub const BURST_MAX: u32 = 1_000_000_000;
+
+/// Largest semaphore `weight` (units consumed per unit of amount).
+pub const WEIGHT_MAX: u32 = 1_000_000;
+
+/// Largest semaphore capacity, set or reached by adjustment.
+pub const CAPACITY_MAX: u64 = 1_000_000_000_000;
+
+/// Shortest throttle or rate-limit period.
+pub const PERIOD_MS_MIN: u64 = 1;
+
+/// Longest throttle or rate-limit period: seven days.
+pub const PERIOD_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// Longest lease TTL one acquire or extend may ask for: one day.
+pub const LEASE_TTL_MS_MAX: u64 = 24 * 3_600_000;
+
+/// Longest `max_lifetime_ms` of a lease: thirty days.
+pub const MAX_LIFETIME_MS_MAX: u64 = 30 * 24 * 3_600_000;
+
+/// Longest time an idempotency record outlives what it recorded: seven days.
+pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// Default time an idempotency record outlives what it recorded: ten minutes.
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 10 * 60_000;
+
+/// Resolution of a rate-limit window: grants are remembered in at most this
+/// many slots per period, each grant's time rounded up to its slot's end, so
+/// a key's memory is bounded whatever its limit. Rounding up only delays
+/// when a grant leaves the window, so the limit is never exceeded.
+pub const RATE_LIMIT_SLOTS_PER_PERIOD: u64 = 1_000;
+
+/// Most entries a rate-limit key keeps; past it the two oldest merge into
+/// the later one (again only delaying when units leave the window). Reached
+/// only when requests for one key carry periods of very different lengths.
+pub const RATE_LIMIT_ENTRIES_MAX: usize = 2 * RATE_LIMIT_SLOTS_PER_PERIOD as usize + 2;
