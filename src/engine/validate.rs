@@ -186,12 +186,9 @@ pub fn set_capacity(r: &SetCapacityRequest) -> Result {
 pub fn adjust_capacity(r: &AdjustCapacityRequest) -> Result {
     scope(&r.scope)?;
     bytes("key", &r.key, KEY_BYTES_MAX)?;
-    let bound = CAPACITY_MAX as i64;
-    if r.delta == 0 || r.delta < -bound || r.delta > bound {
-        return Err(EngineError::invalid(
-            "delta",
-            format!("{} is 0 or outside [-{bound}, {bound}]", r.delta),
-        ));
+    if r.delta == 0 {
+        return Err(EngineError::invalid("delta", "must not be 0"));
     }
+    range("delta", r.delta.unsigned_abs(), 1, CAPACITY_MAX)?;
     idempotency_key(&r.idempotency_key)
 }
