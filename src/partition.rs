@@ -42,7 +42,10 @@ mod tests {
         }
         // Each of 16 partitions should get about 1,000 of 16,000 scopes.
         for (p, n) in counts.iter().enumerate() {
-            assert!((800..1200).contains(n), "partition {p} got {n} of 16000 scopes");
+            assert!(
+                (800..1200).contains(n),
+                "partition {p} got {n} of 16000 scopes"
+            );
         }
     }
 }

@@ -164,12 +164,22 @@ impl View<'_> {
         let at_ms = match *self.c {
             Constraint::Concurrency { limit, .. } => {
                 let (used, holders) = self.holding();
-                holders_fall_to(holders, used, u64::from(limit).checked_sub(amount)?, self.now_ms)?
+                holders_fall_to(
+                    holders,
+                    used,
+                    u64::from(limit).checked_sub(amount)?,
+                    self.now_ms,
+                )?
             }
             Constraint::Semaphore { weight, .. } => {
                 let (used, holders) = self.holding();
                 let need = amount * u64::from(weight);
-                holders_fall_to(holders, used, self.capacity().checked_sub(need)?, self.now_ms)?
+                holders_fall_to(
+                    holders,
+                    used,
+                    self.capacity().checked_sub(need)?,
+                    self.now_ms,
+                )?
             }
             Constraint::Throttle {
                 limit,
@@ -189,7 +199,11 @@ impl View<'_> {
                 let target = u64::from(limit).checked_sub(amount)?;
                 let mut left = window_units(self.window(), period_ms, self.now_ms);
                 let mut at = self.now_ms;
-                for e in self.window().iter().filter(|e| e.at_ms + period_ms > self.now_ms) {
+                for e in self
+                    .window()
+                    .iter()
+                    .filter(|e| e.at_ms + period_ms > self.now_ms)
+                {
                     if left <= target {
                         break;
                     }
@@ -255,7 +269,13 @@ pub(crate) fn new_record(c: &Constraint) -> KeyRecord {
 /// Spends `amount` of `c` on `rec` at `now_ms` for lease `holder.lease_id`.
 /// Returns the units the lease now holds on the key (0 for kinds that hold
 /// nothing: throttle and rate limit spend instead).
-pub(crate) fn reserve(rec: &mut KeyRecord, c: &Constraint, amount: u32, mut holder: Holder, now_ms: u64) -> u64 {
+pub(crate) fn reserve(
+    rec: &mut KeyRecord,
+    c: &Constraint,
+    amount: u32,
+    mut holder: Holder,
+    now_ms: u64,
+) -> u64 {
     let amount64 = u64::from(amount);
     match (&mut rec.state, c) {
         (KeyState::Concurrency { used, limit }, Constraint::Concurrency { limit: l, .. }) => {
@@ -329,9 +349,9 @@ fn record_window(window: &mut Vec<WindowEntry>, at_ms: u64, units: u32) {
 pub(crate) fn idle_at_ms(rec: &KeyRecord) -> Option<u64> {
     match &rec.state {
         KeyState::Throttle { tat_ns, .. } => Some(ceil_ms(*tat_ns)),
-        KeyState::RateLimit { window, period_ms, .. } => {
-            Some(window.last().map_or(0, |e| e.at_ms + period_ms))
-        }
+        KeyState::RateLimit {
+            window, period_ms, ..
+        } => Some(window.last().map_or(0, |e| e.at_ms + period_ms)),
         KeyState::Concurrency { .. } | KeyState::Semaphore { .. } => None,
     }
 }

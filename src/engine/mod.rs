@@ -183,7 +183,14 @@ impl<S: Store> Engine<S> {
 
     /// How much every constraint admits now: the grantable amount (capped at
     /// `amount`), or the usage of every constraint that blocks `min_amount`.
-    fn evaluate(&self, scope: &str, constraints: &[Constraint], amount: u32, min_amount: u32, now_ms: u64) -> Evaluation {
+    fn evaluate(
+        &self,
+        scope: &str,
+        constraints: &[Constraint],
+        amount: u32,
+        min_amount: u32,
+        now_ms: u64,
+    ) -> Evaluation {
         let mut grantable = amount;
         let mut views = Vec::with_capacity(constraints.len());
         for c in constraints {
@@ -222,10 +229,11 @@ impl<S: Store> Engine<S> {
     }
 
     fn acquire(&mut self, r: &AcquireRequest, now_ms: u64) -> Outcome {
-        let granted = match self.evaluate(&r.scope, &r.constraints, r.amount, r.min_amount(), now_ms) {
-            Evaluation::Grant(n) => n,
-            Evaluation::Deny(denial) => return Outcome::Denied(denial),
-        };
+        let granted =
+            match self.evaluate(&r.scope, &r.constraints, r.amount, r.min_amount(), now_ms) {
+                Evaluation::Grant(n) => n,
+                Evaluation::Deny(denial) => return Outcome::Denied(denial),
+            };
         let mut meta = self.store.meta();
         let lease_id = meta.next_lease_id;
         meta.next_lease_id += 1;
@@ -244,9 +252,16 @@ impl<S: Store> Engine<S> {
         }
         let usage = self.usage_of(&r.scope, &r.constraints, now_ms);
         for (u, c) in usage.iter().zip(&r.constraints) {
-            let over = matches!(c, Constraint::Concurrency { .. } | Constraint::RateLimit { .. })
-                && u.used > u.limit;
-            assert!(!over, "a grant never takes {} {:?} over its limit", c.kind().as_str(), c.key());
+            let over = matches!(
+                c,
+                Constraint::Concurrency { .. } | Constraint::RateLimit { .. }
+            ) && u.used > u.limit;
+            assert!(
+                !over,
+                "a grant never takes {} {:?} over its limit",
+                c.kind().as_str(),
+                c.key()
+            );
         }
         self.store.insert_lease(
             lease_id,
@@ -260,7 +275,8 @@ impl<S: Store> Engine<S> {
                 idempotency_key: r.idempotency_key.clone(),
             },
         );
-        self.store.insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
+        self.store
+            .insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
         Outcome::Granted(Grant {
             lease_id,
             fencing_token: lease_id,
@@ -271,7 +287,15 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    fn reserve(&mut self, scope: &str, c: &Constraint, amount: u32, lease_id: LeaseId, expires_at_ms: u64, now_ms: u64) -> u64 {
+    fn reserve(
+        &mut self,
+        scope: &str,
+        c: &Constraint,
+        amount: u32,
+        lease_id: LeaseId,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> u64 {
         let id = Self::key_id(scope, c);
         if self.store.key(&id).is_none() {
             self.store.insert_key(id.clone(), constraint::new_record(c));
@@ -330,11 +354,19 @@ impl<S: Store> Engine<S> {
                 lease_id,
                 units: hold.units,
             };
-            assert!(rec.holders.remove(&old), "a live lease is among its keys' holders");
-            rec.holders.insert(Holder { expires_at_ms, ..old });
+            assert!(
+                rec.holders.remove(&old),
+                "a live lease is among its keys' holders"
+            );
+            rec.holders.insert(Holder {
+                expires_at_ms,
+                ..old
+            });
         }
-        self.store.remove_deadline(old_ms, &Deadline::Lease(lease_id));
-        self.store.insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
+        self.store
+            .remove_deadline(old_ms, &Deadline::Lease(lease_id));
+        self.store
+            .insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
         self.store.lease_mut(lease_id).expect("live").expires_at_ms = expires_at_ms;
         Ok(Outcome::Extended {
             lease_id,
@@ -356,8 +388,12 @@ impl<S: Store> Engine<S> {
 
     /// Removes a lease and its holds, and starts its acquire record's window.
     fn end_lease(&mut self, lease_id: LeaseId, now_ms: u64) -> u64 {
-        let lease = self.store.remove_lease(lease_id).expect("ending a lease that exists");
-        self.store.remove_deadline(lease.expires_at_ms, &Deadline::Lease(lease_id));
+        let lease = self
+            .store
+            .remove_lease(lease_id)
+            .expect("ending a lease that exists");
+        self.store
+            .remove_deadline(lease.expires_at_ms, &Deadline::Lease(lease_id));
         let mut freed = 0;
         for hold in lease.holds {
             let id = KeyId {
@@ -371,9 +407,14 @@ impl<S: Store> Engine<S> {
                 lease_id,
                 units: hold.units,
             };
-            assert!(rec.holders.remove(&holder), "a lease is among its keys' holders");
+            assert!(
+                rec.holders.remove(&holder),
+                "a lease is among its keys' holders"
+            );
             match &mut rec.state {
-                KeyState::Concurrency { used, .. } | KeyState::Semaphore { used, .. } => *used -= hold.units,
+                KeyState::Concurrency { used, .. } | KeyState::Semaphore { used, .. } => {
+                    *used -= hold.units
+                }
                 _ => unreachable!("only holding kinds have holders"),
             }
             freed += hold.units;
@@ -408,7 +449,8 @@ impl<S: Store> Engine<S> {
                 key: key.to_string(),
                 weight: 1,
             };
-            self.store.insert_key(id.clone(), constraint::new_record(&c));
+            self.store
+                .insert_key(id.clone(), constraint::new_record(&c));
         }
         let rec = self.store.key_mut(&id).expect("inserted above");
         match &mut rec.state {
@@ -472,7 +514,8 @@ impl<S: Store> Engine<S> {
                         self.store.remove_key(&id);
                         report.keys_dropped += 1;
                     } else {
-                        let next = constraint::idle_at_ms(rec).expect("spending keys have an idle time");
+                        let next =
+                            constraint::idle_at_ms(rec).expect("spending keys have an idle time");
                         rec.sweep_at_ms = Some(next);
                         self.store.insert_deadline(next, Deadline::Key(id));
                     }
@@ -484,14 +527,22 @@ impl<S: Store> Engine<S> {
 
     /// Would an acquire of these constraints be granted at `now_ms`? Reads
     /// only; `now_ms` earlier than the applied time counts as the applied time.
-    pub fn check(&self, scope: &str, constraints: &[Constraint], amount: u32, min_amount: Option<u32>, now_ms: u64) -> Result<CheckResult> {
+    pub fn check(
+        &self,
+        scope: &str,
+        constraints: &[Constraint],
+        amount: u32,
+        min_amount: Option<u32>,
+        now_ms: u64,
+    ) -> Result<CheckResult> {
         validate::demand(scope, constraints, amount, min_amount)?;
         let now_ms = now_ms.max(self.applied_ms());
         let min_amount = min_amount.unwrap_or(amount);
-        let (grantable_amount, retry_after_ms) = match self.evaluate(scope, constraints, amount, min_amount, now_ms) {
-            Evaluation::Grant(n) => (n, Some(0)),
-            Evaluation::Deny(d) => (0, d.retry_after_ms),
-        };
+        let (grantable_amount, retry_after_ms) =
+            match self.evaluate(scope, constraints, amount, min_amount, now_ms) {
+                Evaluation::Grant(n) => (n, Some(0)),
+                Evaluation::Deny(d) => (0, d.retry_after_ms),
+            };
         let usage = constraints
             .iter()
             .map(|c| {
@@ -535,7 +586,9 @@ impl<S: Store> Engine<S> {
                 period_ms: *period_ms,
                 burst: *burst,
             },
-            Some(KeyState::RateLimit { limit, period_ms, .. }) => Constraint::RateLimit {
+            Some(KeyState::RateLimit {
+                limit, period_ms, ..
+            }) => Constraint::RateLimit {
                 key: key.to_string(),
                 limit: *limit,
                 period_ms: *period_ms,
@@ -548,12 +601,18 @@ impl<S: Store> Engine<S> {
         let view = View { c: &c, rec, now_ms };
         let (used, limit, _) = view.usage_parts();
         let holders: Vec<Holder> = rec
-            .map(|r| r.holders.iter().filter(|h| h.expires_at_ms > now_ms).copied().collect())
+            .map(|r| {
+                r.holders
+                    .iter()
+                    .filter(|h| h.expires_at_ms > now_ms)
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         let next_expiry_ms = match rec.map(|r| &r.state) {
-            Some(KeyState::Throttle { .. } | KeyState::RateLimit { .. }) => {
-                rec.and_then(constraint::idle_at_ms).filter(|at| *at > now_ms)
-            }
+            Some(KeyState::Throttle { .. } | KeyState::RateLimit { .. }) => rec
+                .and_then(constraint::idle_at_ms)
+                .filter(|at| *at > now_ms),
             _ => holders.first().map(|h| h.expires_at_ms),
         };
         Ok(KeyInfo {

@@ -70,18 +70,26 @@ struct Args(HashMap<String, String>);
 
 impl Args {
     fn str(&self, k: &str) -> String {
-        self.0.get(k).cloned().unwrap_or_else(|| panic!("missing argument {k}"))
-    }
-    fn str_or(&self, k: &str, default: &str) -> String {
-        self.0.get(k).cloned().unwrap_or_else(|| default.to_string())
-    }
-    fn num<T: std::str::FromStr>(&self, k: &str) -> T {
-        self.opt(k).unwrap_or_else(|| panic!("missing argument {k}"))
-    }
-    fn opt<T: std::str::FromStr>(&self, k: &str) -> Option<T> {
         self.0
             .get(k)
-            .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value {v:?} for {k}")))
+            .cloned()
+            .unwrap_or_else(|| panic!("missing argument {k}"))
+    }
+    fn str_or(&self, k: &str, default: &str) -> String {
+        self.0
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str) -> T {
+        self.opt(k)
+            .unwrap_or_else(|| panic!("missing argument {k}"))
+    }
+    fn opt<T: std::str::FromStr>(&self, k: &str) -> Option<T> {
+        self.0.get(k).map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("bad value {v:?} for {k}"))
+        })
     }
     fn scope(&self) -> String {
         self.str_or("scope", DEFAULT_SCOPE)
@@ -242,10 +250,22 @@ fn run_block(engine: &mut Engine<MemStore>, block: &Block) -> String {
 }
 
 /// Commands that read state without applying anything.
-fn run_read(engine: &Engine<MemStore>, name: &str, a: &Args, at: u64, constraints: Vec<Constraint>) -> String {
+fn run_read(
+    engine: &Engine<MemStore>,
+    name: &str,
+    a: &Args,
+    at: u64,
+    constraints: Vec<Constraint>,
+) -> String {
     let mut out = String::new();
     match name {
-        "check" => match engine.check(&a.scope(), &constraints, a.opt("amount").unwrap_or(1), a.opt("min"), at) {
+        "check" => match engine.check(
+            &a.scope(),
+            &constraints,
+            a.opt("amount").unwrap_or(1),
+            a.opt("min"),
+            at,
+        ) {
             Ok(c) => {
                 let _ = writeln!(
                     out,
@@ -270,7 +290,11 @@ fn run_read(engine: &Engine<MemStore>, name: &str, a: &Args, at: u64, constraint
                     opt(k.next_expiry_ms)
                 );
                 for h in &k.holders {
-                    let _ = writeln!(out, "  holder lease={} units={} expires={}", h.lease_id, h.units, h.expires_at_ms);
+                    let _ = writeln!(
+                        out,
+                        "  holder lease={} units={} expires={}",
+                        h.lease_id, h.units, h.expires_at_ms
+                    );
                 }
             }
             Err(e) => write_error(&mut out, &e),

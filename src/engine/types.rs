@@ -136,7 +136,9 @@ pub enum Command {
     AdjustCapacity(AdjustCapacityRequest),
     /// The scavenger: drop expired leases, idle keys and dedup records whose
     /// time is at or before `min(until_ms, applied time)`.
-    Expire { until_ms: u64 },
+    Expire {
+        until_ms: u64,
+    },
 }
 
 /// The state of one constraint as a request saw it.

@@ -67,13 +67,23 @@ pub fn acquire(r: &AcquireRequest) -> Result {
     idempotency_key(&r.idempotency_key)?;
     range("lease_ttl_ms", r.lease_ttl_ms, 1, LEASE_TTL_MS_MAX)?;
     if let Some(lifetime) = r.max_lifetime_ms {
-        range("max_lifetime_ms", lifetime, r.lease_ttl_ms, MAX_LIFETIME_MS_MAX)?;
+        range(
+            "max_lifetime_ms",
+            lifetime,
+            r.lease_ttl_ms,
+            MAX_LIFETIME_MS_MAX,
+        )?;
     }
     Ok(())
 }
 
 /// The part of an acquire that a check shares: what is asked of whom.
-pub fn demand(scope_: &str, constraints: &[Constraint], amount: u32, min_amount: Option<u32>) -> Result {
+pub fn demand(
+    scope_: &str,
+    constraints: &[Constraint],
+    amount: u32,
+    min_amount: Option<u32>,
+) -> Result {
     scope(scope_)?;
     range("amount", amount.into(), 1, AMOUNT_MAX.into())?;
     if let Some(min) = min_amount {
@@ -105,7 +115,10 @@ pub fn demand(scope_: &str, constraints: &[Constraint], amount: u32, min_amount:
                     kind.as_str()
                 )
             };
-            return Err(EngineError::invalid(format!("constraints[{i}].key"), reason));
+            return Err(EngineError::invalid(
+                format!("constraints[{i}].key"),
+                reason,
+            ));
         }
     }
     Ok(())

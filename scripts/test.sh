@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The one gate: formatting, lints with warnings denied, and every test.
+# Everything builds in the release profile, so tests, chaos runs and
+# benchmarks share one build of the dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+cargo fmt --all --check
+cargo clippy --release --all-targets --locked -- -D warnings
+cargo test --release --all-targets --locked
