@@ -82,8 +82,11 @@ impl<S: Store> Engine<S> {
     pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
         validate::command(cmd)?;
         let now_ms = self.advance(stamp_ms);
-        if let Some(replay) = self.replay(cmd)? {
-            return Ok(replay);
+        let dedup = Self::dedup_key(cmd);
+        if let Some((key, fingerprint)) = &dedup {
+            if let Some(replay) = self.replay(key, *fingerprint)? {
+                return Ok(replay);
+            }
         }
         let outcome = match cmd {
             Command::Acquire(r) => self.acquire(r, now_ms),
@@ -93,7 +96,9 @@ impl<S: Store> Engine<S> {
             Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
-        self.remember(cmd, &outcome, now_ms);
+        if let Some((key, fingerprint)) = dedup {
+            self.remember(key, fingerprint, &outcome, now_ms);
+        }
         Ok(Applied {
             outcome,
             replayed: false,
@@ -131,31 +136,25 @@ impl<S: Store> Engine<S> {
         Some((key, xxhash_rust::xxh3::xxh3_64(&bytes)))
     }
 
-    fn replay(&self, cmd: &Command) -> Result<Option<Applied>> {
-        let Some((key, fingerprint)) = Self::dedup_key(cmd) else {
-            return Ok(None);
-        };
-        match self.store.dedup(&key) {
+    fn replay(&self, key: &DedupKey, fingerprint: u64) -> Result<Option<Applied>> {
+        match self.store.dedup(key) {
             None => Ok(None),
             Some(rec) if rec.fingerprint == fingerprint => Ok(Some(Applied {
                 outcome: rec.outcome.clone(),
                 replayed: true,
             })),
             Some(_) => Err(EngineError::IdempotencyKeyReused {
-                idempotency_key: key.idempotency_key,
+                idempotency_key: key.idempotency_key.clone(),
             }),
         }
     }
 
     /// Records a successful outcome under the command's idempotency key.
     /// Denials are not recorded: a retry after one is a fresh attempt.
-    fn remember(&mut self, cmd: &Command, outcome: &Outcome, now_ms: u64) {
+    fn remember(&mut self, key: DedupKey, fingerprint: u64, outcome: &Outcome, now_ms: u64) {
         if matches!(outcome, Outcome::Denied(_)) {
             return;
         }
-        let Some((key, fingerprint)) = Self::dedup_key(cmd) else {
-            return;
-        };
         // A grant's record lives as long as its lease; the lease's end
         // starts the window (see `end_lease`).
         let drop_at_ms = match outcome {
@@ -185,7 +184,7 @@ impl<S: Store> Engine<S> {
     /// `amount`), or the usage of every constraint that blocks `min_amount`.
     fn evaluate(
         &self,
-        scope: &str,
+        ids: &[KeyId],
         constraints: &[Constraint],
         amount: u32,
         min_amount: u32,
@@ -193,8 +192,8 @@ impl<S: Store> Engine<S> {
     ) -> Evaluation {
         let mut grantable = amount;
         let mut views = Vec::with_capacity(constraints.len());
-        for c in constraints {
-            let rec = self.store.key(&Self::key_id(scope, c));
+        for (id, c) in ids.iter().zip(constraints) {
+            let rec = self.store.key(id);
             let view = View { c, rec, now_ms };
             let (_, _, available) = view.usage_parts();
             grantable = grantable.min(u32::try_from(available).unwrap_or(u32::MAX));
@@ -218,30 +217,34 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    fn usage_of(&self, scope: &str, constraints: &[Constraint], now_ms: u64) -> Vec<Usage> {
-        constraints
-            .iter()
-            .map(|c| {
-                let rec = self.store.key(&Self::key_id(scope, c));
+    fn usage_of(&self, ids: &[KeyId], constraints: &[Constraint], now_ms: u64) -> Vec<Usage> {
+        ids.iter()
+            .zip(constraints)
+            .map(|(id, c)| {
+                let rec = self.store.key(id);
                 View { c, rec, now_ms }.usage(None)
             })
             .collect()
     }
 
+    fn key_ids(scope: &str, constraints: &[Constraint]) -> Vec<KeyId> {
+        constraints.iter().map(|c| Self::key_id(scope, c)).collect()
+    }
+
     fn acquire(&mut self, r: &AcquireRequest, now_ms: u64) -> Outcome {
-        let granted =
-            match self.evaluate(&r.scope, &r.constraints, r.amount, r.min_amount(), now_ms) {
-                Evaluation::Grant(n) => n,
-                Evaluation::Deny(denial) => return Outcome::Denied(denial),
-            };
+        let ids = Self::key_ids(&r.scope, &r.constraints);
+        let granted = match self.evaluate(&ids, &r.constraints, r.amount, r.min_amount(), now_ms) {
+            Evaluation::Grant(n) => n,
+            Evaluation::Deny(denial) => return Outcome::Denied(denial),
+        };
         let mut meta = self.store.meta();
         let lease_id = meta.next_lease_id;
         meta.next_lease_id += 1;
         self.store.set_meta(meta);
         let expires_at_ms = now_ms + r.lease_ttl_ms;
         let mut holds = Vec::new();
-        for c in &r.constraints {
-            let units = self.reserve(&r.scope, c, granted, lease_id, expires_at_ms, now_ms);
+        for (id, c) in ids.iter().zip(&r.constraints) {
+            let units = self.reserve(id, c, granted, lease_id, expires_at_ms, now_ms);
             if units > 0 {
                 holds.push(Hold {
                     kind: c.kind(),
@@ -250,7 +253,7 @@ impl<S: Store> Engine<S> {
                 });
             }
         }
-        let usage = self.usage_of(&r.scope, &r.constraints, now_ms);
+        let usage = self.usage_of(&ids, &r.constraints, now_ms);
         for (u, c) in usage.iter().zip(&r.constraints) {
             let over = matches!(
                 c,
@@ -289,18 +292,17 @@ impl<S: Store> Engine<S> {
 
     fn reserve(
         &mut self,
-        scope: &str,
+        id: &KeyId,
         c: &Constraint,
         amount: u32,
         lease_id: LeaseId,
         expires_at_ms: u64,
         now_ms: u64,
     ) -> u64 {
-        let id = Self::key_id(scope, c);
-        if self.store.key(&id).is_none() {
+        if self.store.key(id).is_none() {
             self.store.insert_key(id.clone(), constraint::new_record(c));
         }
-        let rec = self.store.key_mut(&id).expect("inserted above");
+        let rec = self.store.key_mut(id).expect("inserted above");
         let holder = Holder {
             expires_at_ms,
             lease_id,
@@ -310,7 +312,7 @@ impl<S: Store> Engine<S> {
         if rec.sweep_at_ms.is_none() {
             if let Some(at) = constraint::idle_at_ms(rec) {
                 rec.sweep_at_ms = Some(at);
-                self.store.insert_deadline(at, Deadline::Key(id));
+                self.store.insert_deadline(at, Deadline::Key(id.clone()));
             }
         }
         units
@@ -538,15 +540,17 @@ impl<S: Store> Engine<S> {
         validate::demand(scope, constraints, amount, min_amount)?;
         let now_ms = now_ms.max(self.applied_ms());
         let min_amount = min_amount.unwrap_or(amount);
+        let ids = Self::key_ids(scope, constraints);
         let (grantable_amount, retry_after_ms) =
-            match self.evaluate(scope, constraints, amount, min_amount, now_ms) {
+            match self.evaluate(&ids, constraints, amount, min_amount, now_ms) {
                 Evaluation::Grant(n) => (n, Some(0)),
                 Evaluation::Deny(d) => (0, d.retry_after_ms),
             };
-        let usage = constraints
+        let usage = ids
             .iter()
-            .map(|c| {
-                let rec = self.store.key(&Self::key_id(scope, c));
+            .zip(constraints)
+            .map(|(id, c)| {
+                let rec = self.store.key(id);
                 let view = View { c, rec, now_ms };
                 let blocks = view.usage_parts().2 < u64::from(min_amount);
                 view.usage(blocks.then_some(min_amount))

@@ -5,11 +5,15 @@
 //! record serializes deterministically: two stores holding the same records
 //! produce the same bytes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{Holder, Kind, LeaseId, Outcome};
+
+/// Hash maps keyed by client-chosen strings: a fast hasher, seeded per
+/// process so crafted keys cannot aim at collisions.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Partition-wide counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
