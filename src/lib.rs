@@ -13,7 +13,10 @@
 //! - [`partition`]: the documented hash that maps a scope to its partition.
 //! - [`proto`]: the public gRPC contract (`leasehold.v1`), generated from
 //!   `proto/leasehold/v1/leasehold.proto`.
+//! - [`convert`]: proto messages to engine commands and back, and engine
+//!   errors to gRPC statuses with a stable code in their details.
 
+pub mod convert;
 pub mod engine;
 pub mod limits;
 pub mod partition;
