@@ -91,7 +91,7 @@ impl Driver {
         let lease = self.acquire(key, 10, 30_000);
         self.release(lease);
         self.cycle += 1;
-        if self.cycle % CYCLES_PER_MS == 0 {
+        if self.cycle.is_multiple_of(CYCLES_PER_MS) {
             let until_ms = self.now_ms();
             black_box(
                 self.engine

@@ -34,13 +34,14 @@ pub enum EngineError {
     InvalidArgument { field: String, reason: String },
 
     /// No lease with this id was ever granted in this scope's partition, or
-    /// it was granted to another scope.
+    /// it is a live lease of another scope. (Once a lease has ended, its
+    /// scope is forgotten: any scope then gets `LeaseLost`.)
     #[error("lease_id: no lease {lease_id} in this scope")]
     LeaseNotFound { lease_id: LeaseId },
 
     /// The lease existed but has ended (expired or released); it is never
     /// revived.
-    #[error("lease {lease_id} is lost: it expired or was released")]
+    #[error("lease_id: lease {lease_id} is lost: it expired or was released")]
     LeaseLost { lease_id: LeaseId },
 
     /// The extension would carry the lease past its `max_lifetime_ms`.

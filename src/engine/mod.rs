@@ -78,7 +78,10 @@ impl<S: Store> Engine<S> {
     }
 
     /// Applies one command stamped at `stamp_ms`. A malformed command is
-    /// rejected before anything, even time, changes.
+    /// rejected before anything, even time, changes. Any other command
+    /// advances applied time, even one that then fails against state (a lost
+    /// lease, a reused idempotency key): every replica fails it the same way,
+    /// so the state machine persists its effect like any other.
     pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
         validate::command(cmd)?;
         let now_ms = self.advance(stamp_ms);
