@@ -15,9 +15,12 @@
 //!   `proto/leasehold/v1/leasehold.proto`.
 //! - [`convert`]: proto messages to engine commands and back, and engine
 //!   errors to gRPC statuses with a stable code in their details.
+//! - [`raft`]: Raft storage for one node — every group's log, vote and state
+//!   machine (the engine) over one shared RocksDB, with group commit.
 
 pub mod convert;
 pub mod engine;
 pub mod limits;
 pub mod partition;
 pub mod proto;
+pub mod raft;

@@ -1,0 +1,143 @@
+//! Group commit: one thread makes the write-ahead log durable for every
+//! Raft group of the node, so concurrent groups share each fsync.
+//!
+//! Writers put their batch into RocksDB unsynced (readable at once, in the
+//! order each group issues them), then ask for durability here. The thread
+//! takes every request queued so far, syncs the WAL once and answers them
+//! all. RocksDB's WAL is one sequential file, so one sync covers every write
+//! that finished before it, across groups and column families.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Called once the writes before the request are durable, or failed to be.
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+struct SyncRequest {
+    entries: u64,
+    done: Done,
+}
+
+/// Counters of the group commit, for metrics.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    fsyncs: AtomicU64,
+    requests: AtomicU64,
+    entries: AtomicU64,
+}
+
+/// A point-in-time copy of [`SyncStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// WAL syncs issued.
+    pub fsyncs: u64,
+    /// Writes that asked for durability (appends and votes); each waited for
+    /// exactly one of the syncs.
+    pub requests: u64,
+    /// Log entries made durable.
+    pub entries: u64,
+}
+
+impl SyncStats {
+    pub fn counts(&self) -> SyncCounts {
+        SyncCounts {
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The handle of the sync thread. Dropping it lets the thread answer what is
+/// queued, then joins it.
+pub struct GroupCommit {
+    tx: Option<mpsc::Sender<SyncRequest>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<SyncStats>,
+}
+
+impl GroupCommit {
+    pub fn start(db: Arc<rocksdb::DB>) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(SyncStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("raft-wal-sync".into())
+            .spawn(move || run(&db, &rx, &thread_stats))?;
+        Ok(GroupCommit {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// Queues a request; `done` runs on the sync thread.
+    pub fn request(&self, entries: u64, done: Done) {
+        let request = SyncRequest { entries, done };
+        let sent = match &self.tx {
+            Some(tx) => tx.send(request).map_err(|e| e.0),
+            None => Err(request),
+        };
+        if let Err(request) = sent {
+            (request.done)(Err(io::Error::other("the WAL sync thread has stopped")));
+        }
+    }
+
+    /// Resolves once every write issued before the call is durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.request(
+            0,
+            Box::new(move |result| {
+                // The waiter may have given up; nothing then waits for the answer.
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await
+            .map_err(|_| io::Error::other("the WAL sync thread dropped a request"))?
+    }
+
+    pub fn counts(&self) -> SyncCounts {
+        self.stats.counts()
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the WAL sync thread panicked");
+            }
+        }
+    }
+}
+
+fn run(db: &rocksdb::DB, rx: &mpsc::Receiver<SyncRequest>, stats: &SyncStats) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = db.flush_wal(true);
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                let entries: u64 = batch.iter().map(|r| r.entries).sum();
+                stats.entries.fetch_add(entries, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "WAL sync failed"),
+        }
+        for request in batch {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(format!("WAL sync failed: {e}"))),
+            };
+            (request.done)(answer);
+        }
+    }
+}

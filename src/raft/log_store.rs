@@ -1,0 +1,215 @@
+//! The Raft log and vote of one group, in the node's shared RocksDB.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::WriteBatch;
+
+use super::db::{self, DbError, RaftDb, CF_LOG, CF_RAFT, TAG_COMMITTED, TAG_PURGED, TAG_VOTE};
+use super::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
+
+/// The log store of one group: a group id over the shared database. Cheap
+/// to clone; it is its own log reader.
+///
+/// Every write goes into RocksDB in the order openraft issues it and becomes
+/// durable with the next shared WAL sync, so a crash keeps a prefix of the
+/// writes: a truncate or purge that is lost was never observed outside.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<RaftDb>,
+    group: GroupId,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<RaftDb>, group: GroupId) -> Self {
+        LogStore { db, group }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, DbError> {
+        self.db.get(
+            CF_RAFT,
+            &db::tag_key(self.group, TAG_PURGED),
+            "last purged log id",
+        )
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, DbError> {
+        let from = db::log_key(self.group, 0);
+        let to = db::log_key(self.group, u64::MAX);
+        match self.db.last_value(CF_LOG, &from, &to)? {
+            Some(bytes) => Ok(Some(db::decode::<Entry>(&bytes, "log entry")?.log_id)),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, DbError> {
+        let from = db::log_key(self.group, start);
+        let to = db::log_key(self.group, end);
+        self.db
+            .values(CF_LOG, &from, &to)?
+            .iter()
+            .map(|bytes| db::decode(bytes, "log entry"))
+            .collect()
+    }
+
+    fn write_entries(&self, entries: impl Iterator<Item = Entry>) -> Result<u64, DbError> {
+        let mut batch = WriteBatch::default();
+        let mut count = 0;
+        for entry in entries {
+            let key = db::log_key(self.group, entry.log_id.index);
+            batch.put_cf(self.db.cf(CF_LOG), key, db::encode(&entry, "log entry")?);
+            count += 1;
+        }
+        self.db.write(batch)?;
+        Ok(count)
+    }
+
+    fn put_raft<T: serde::Serialize>(&self, tag: u8, value: &T) -> Result<(), DbError> {
+        let mut batch = WriteBatch::default();
+        let bytes = db::encode(value, "raft state")?;
+        batch.put_cf(self.db.cf(CF_RAFT), db::tag_key(self.group, tag), bytes);
+        self.db.write(batch)
+    }
+}
+
+fn read_err(e: DbError) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: DbError) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+/// `[start, end)` of a range of indexes.
+fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = index_bounds(&range);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.entries(start, end).map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged().map_err(read_err)?;
+        let last_log_id = self.last_entry_id().map_err(read_err)?;
+        Ok(LogState {
+            last_log_id: last_log_id.or(last_purged_log_id),
+            last_purged_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let to_err = |e: DbError| StorageIOError::write_vote(AnyError::new(&e));
+        self.put_raft(TAG_VOTE, vote).map_err(to_err)?;
+        self.db
+            .sync()
+            .await
+            .map_err(|e| to_err(DbError::Io(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        let key = db::tag_key(self.group, TAG_VOTE);
+        self.db
+            .get(CF_RAFT, &key, "vote")
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    }
+
+    /// Unsynced: a committed index lost in a crash only means a restart
+    /// re-applies less before the leader tells it again.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        match committed {
+            Some(log_id) => self.put_raft(TAG_COMMITTED, &log_id).map_err(write_err),
+            None => {
+                let mut batch = WriteBatch::default();
+                let key = db::tag_key(self.group, TAG_COMMITTED);
+                batch.delete_cf(self.db.cf(CF_RAFT), key);
+                self.db.write(batch).map_err(write_err)
+            }
+        }
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let key = db::tag_key(self.group, TAG_COMMITTED);
+        self.db
+            .get(CF_RAFT, &key, "committed log id")
+            .map_err(read_err)
+    }
+
+    /// Returns once the entries are readable; `callback` fires from the
+    /// sync thread once they are durable, with every other group's appends
+    /// that queued meanwhile.
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let count = self.write_entries(entries.into_iter()).map_err(write_err)?;
+        self.db.request_sync(
+            count,
+            Box::new(move |result| callback.log_io_completed(result)),
+        );
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let from = db::log_key(self.group, log_id.index);
+        let to = db::log_key(self.group, u64::MAX);
+        batch.delete_range_cf(self.db.cf(CF_LOG), from, to);
+        self.db.write(batch).map_err(write_err)
+    }
+
+    /// Openraft purges only up to its latest snapshot, which the state
+    /// machine writes before openraft learns of it; the WAL keeps writes in
+    /// order, so no crash can keep this purge and lose that snapshot.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let purged = db::encode(&log_id, "last purged log id").map_err(write_err)?;
+        batch.put_cf(
+            self.db.cf(CF_RAFT),
+            db::tag_key(self.group, TAG_PURGED),
+            purged,
+        );
+        let from = db::log_key(self.group, 0);
+        let to = db::log_key(self.group, log_id.index.saturating_add(1));
+        batch.delete_range_cf(self.db.cf(CF_LOG), from, to);
+        self.db.write(batch).map_err(write_err)
+    }
+}

@@ -1,0 +1,124 @@
+//! What the Raft log of a partition carries: batches of engine commands in,
+//! one result per command out.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Applied, Command, EngineError, LeaseId};
+
+/// A Raft group on this node: a partition id, or the metadata group's id.
+pub type GroupId = u32;
+
+/// The Raft node id of a leasehold node.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of every leasehold group.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+
+/// One Raft entry: client commands batched by the leader, applied in order
+/// at the leader's stamp, so many commands share one round of consensus.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub stamp_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// The outcome of every command of a [`Request`], in order. Blank and
+/// membership entries answer with no results.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(with = "results_wire")]
+    pub results: Vec<Result<Applied, EngineError>>,
+}
+
+/// `EngineError` has no serde derive (the engine owns it), but openraft
+/// requires serializable responses. A remote derive mirrors it field for
+/// field; a variant added to the engine fails to compile here rather than
+/// vanishing on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "EngineError")]
+enum EngineErrorDef {
+    InvalidArgument {
+        field: String,
+        reason: String,
+    },
+    LeaseNotFound {
+        lease_id: LeaseId,
+    },
+    LeaseLost {
+        lease_id: LeaseId,
+    },
+    MaxLifetimeExceeded {
+        lease_id: LeaseId,
+        requested_ms: u64,
+        deadline_ms: u64,
+    },
+    IdempotencyKeyReused {
+        idempotency_key: String,
+    },
+    CapacityOutOfRange {
+        key: String,
+        capacity: u64,
+        delta: i64,
+        max: u64,
+    },
+}
+
+mod results_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::EngineErrorDef;
+    use crate::engine::{Applied, EngineError};
+
+    #[derive(Serialize)]
+    enum ResultRef<'a> {
+        Ok(&'a Applied),
+        Err(#[serde(with = "EngineErrorDef")] &'a EngineError),
+    }
+
+    #[derive(Deserialize)]
+    enum ResultOwned {
+        Ok(Applied),
+        Err(#[serde(with = "EngineErrorDef")] EngineError),
+    }
+
+    pub fn serialize<S: Serializer>(
+        results: &[Result<Applied, EngineError>],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(results.iter().map(|r| match r {
+            Ok(applied) => ResultRef::Ok(applied),
+            Err(e) => ResultRef::Err(e),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Result<Applied, EngineError>>, D::Error> {
+        let wire = Vec::<ResultOwned>::deserialize(d)?;
+        Ok(wire
+            .into_iter()
+            .map(|r| match r {
+                ResultOwned::Ok(applied) => Ok(applied),
+                ResultOwned::Err(e) => Err(e),
+            })
+            .collect())
+    }
+}
