@@ -68,6 +68,9 @@ impl RaftDb {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Unsynced writes are safe only if a crash keeps a prefix of them
+        // (a vote never survives without the entries written before it).
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         let cfs = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, opts.clone()));

@@ -14,9 +14,10 @@ use tempfile::TempDir;
 
 use super::state_machine::CHECKPOINT_INTERVAL_ENTRIES;
 use super::types::{Entry, LogId, StorageError};
-use super::{GroupId, LogStore, RaftDb, Request, StateMachine};
+use super::{GroupId, LogStore, RaftDb, Request, Response, StateMachine};
 use crate::engine::{
-    AcquireRequest, Command, Constraint, EngineConfig, Kind, Outcome, ReleaseRequest,
+    AcquireRequest, Command, Constraint, Engine, EngineConfig, Kind, MemStore, Outcome,
+    ReleaseRequest,
 };
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -93,6 +94,21 @@ impl StoreBuilder<super::TypeConfig, LogStore, StateMachine, TempDir> for Builde
 #[test]
 fn openraft_storage_suite() {
     Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+#[test]
+fn responses_round_trip_with_engine_errors() {
+    let mut engine = Engine::new(MemStore::new(), EngineConfig::default());
+    let response = Response {
+        results: vec![
+            engine.apply(10, &acquire("a", "1")),
+            engine.apply(20, &release(99, "2")),
+        ],
+    };
+    assert!(response.results[0].is_ok() && response.results[1].is_err());
+    let bytes = postcard::to_stdvec(&response).unwrap();
+    let decoded: Response = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, response);
 }
 
 #[tokio::test]
