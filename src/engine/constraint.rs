@@ -68,12 +68,13 @@ fn holders_fall_to(holders: &BTreeSet<Holder>, live: u64, target: u64, now_ms: u
     None
 }
 
-/// Units granted inside the window `(now - period, now]` (entries may be
-/// dated up to one slot ahead of their grant).
+/// Units that count at `now_ms` for a request carrying `period_ms`: each
+/// grant counts for the shorter of that period and its own, so a period
+/// change never depends on what the scavenger has already forgotten.
 fn window_units(window: &[WindowEntry], period_ms: u64, now_ms: u64) -> u64 {
     window
         .iter()
-        .filter(|e| e.at_ms + period_ms > now_ms)
+        .filter(|e| e.leaves_at_ms(period_ms) > now_ms)
         .map(|e| u64::from(e.units))
         .sum()
 }
@@ -197,18 +198,21 @@ impl View<'_> {
                 limit, period_ms, ..
             } => {
                 let target = u64::from(limit).checked_sub(amount)?;
-                let mut left = window_units(self.window(), period_ms, self.now_ms);
-                let mut at = self.now_ms;
-                for e in self
+                let mut leaving: Vec<(u64, u64)> = self
                     .window()
                     .iter()
-                    .filter(|e| e.at_ms + period_ms > self.now_ms)
-                {
+                    .map(|e| (e.leaves_at_ms(period_ms), u64::from(e.units)))
+                    .filter(|(at, _)| *at > self.now_ms)
+                    .collect();
+                leaving.sort_unstable();
+                let mut left: u64 = leaving.iter().map(|(_, units)| units).sum();
+                let mut at = self.now_ms;
+                for (leaves_at, units) in leaving {
                     if left <= target {
                         break;
                     }
-                    left -= u64::from(e.units);
-                    at = e.at_ms + period_ms;
+                    left -= units;
+                    at = leaves_at;
                 }
                 at
             }
@@ -319,11 +323,15 @@ pub(crate) fn reserve(
                 ..
             },
         ) => {
-            *limit = *l;
-            *period_ms = (*period_ms).max(*p);
-            window.retain(|e| e.at_ms + *period_ms > now_ms);
+            (*limit, *period_ms) = (*l, *p);
+            window.retain(|e| e.at_ms + e.period_ms > now_ms);
             let slot = (*p / RATE_LIMIT_SLOTS_PER_PERIOD).max(1);
-            record_window(window, now_ms.div_ceil(slot) * slot, amount);
+            let entry = WindowEntry {
+                at_ms: now_ms.div_ceil(slot) * slot,
+                units: amount,
+                period_ms: *p,
+            };
+            record_window(window, entry);
             return 0;
         }
         _ => unreachable!("key records are created for the kind of their key id"),
@@ -332,14 +340,20 @@ pub(crate) fn reserve(
     holder.units
 }
 
-fn record_window(window: &mut Vec<WindowEntry>, at_ms: u64, units: u32) {
+fn record_window(window: &mut Vec<WindowEntry>, entry: WindowEntry) {
     match window.last_mut() {
-        Some(last) if last.at_ms >= at_ms => last.units += units,
-        _ => window.push(WindowEntry { at_ms, units }),
+        Some(last) if last.at_ms == entry.at_ms && last.period_ms == entry.period_ms => {
+            last.units += entry.units
+        }
+        _ => window.push(entry),
     }
     if window.len() > RATE_LIMIT_ENTRIES_MAX {
+        // Merging into the later entry, under the longer period, only makes
+        // the oldest units count longer: never fewer than granted.
         let oldest = window.remove(0);
-        window[0].units += oldest.units;
+        let next = &mut window[0];
+        next.units += oldest.units;
+        next.period_ms = next.period_ms.max(oldest.period_ms);
     }
 }
 
@@ -349,9 +363,9 @@ fn record_window(window: &mut Vec<WindowEntry>, at_ms: u64, units: u32) {
 pub(crate) fn idle_at_ms(rec: &KeyRecord) -> Option<u64> {
     match &rec.state {
         KeyState::Throttle { tat_ns, .. } => Some(ceil_ms(*tat_ns)),
-        KeyState::RateLimit {
-            window, period_ms, ..
-        } => Some(window.last().map_or(0, |e| e.at_ms + period_ms)),
+        KeyState::RateLimit { window, .. } => {
+            Some(window.iter().map(|e| e.at_ms + e.period_ms).max().unwrap_or(0))
+        }
         KeyState::Concurrency { .. } | KeyState::Semaphore { .. } => None,
     }
 }

@@ -321,12 +321,14 @@ impl<S: Store> Engine<S> {
         units
     }
 
-    /// The live lease `lease_id` of `scope`, or why there is none.
+    /// The live lease `lease_id` of `scope`; `None` if it has ended. An
+    /// ended lease is judged the same whether or not the scavenger has
+    /// dropped its record, so its scope (gone with the record) never matters.
     fn live_lease(&self, scope: &str, lease_id: LeaseId, now_ms: u64) -> Result<Option<&Lease>> {
         match self.store.lease(lease_id) {
+            Some(lease) if lease.expires_at_ms <= now_ms => Ok(None),
             Some(lease) if lease.scope != scope => Err(EngineError::LeaseNotFound { lease_id }),
-            Some(lease) if lease.expires_at_ms > now_ms => Ok(Some(lease)),
-            Some(_) => Ok(None),
+            Some(lease) => Ok(Some(lease)),
             None if lease_id < self.store.meta().next_lease_id => Ok(None),
             None => Err(EngineError::LeaseNotFound { lease_id }),
         }

@@ -32,12 +32,21 @@ pub struct KeyId {
     pub key: String,
 }
 
-/// One grant still inside a rate-limit window: `units` granted at `at_ms`
-/// (rounded up to the window's slot, see `RATE_LIMIT_SLOTS`).
+/// A grant a rate-limit key remembers: `units` granted at `at_ms` (rounded
+/// up to a slot, see `RATE_LIMIT_SLOTS_PER_PERIOD`) under `period_ms`, the
+/// period its request carried. It is remembered, and counts, for that period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowEntry {
     pub at_ms: u64,
     pub units: u32,
+    pub period_ms: u64,
+}
+
+impl WindowEntry {
+    /// When this grant stops counting for a request carrying `period_ms`.
+    pub fn leaves_at_ms(&self, period_ms: u64) -> u64 {
+        self.at_ms + self.period_ms.min(period_ms)
+    }
 }
 
 /// The per-kind state of a key.
@@ -57,9 +66,8 @@ pub enum KeyState {
         period_ms: u64,
         burst: u32,
     },
-    /// Grants still inside the window, oldest first. `period_ms` is the
-    /// longest period a request carried while the key lived: grants are
-    /// remembered that long.
+    /// Grants still remembered, in grant order. `limit` and `period_ms` are
+    /// the last a request carried (for inspection).
     RateLimit {
         window: Vec<WindowEntry>,
         limit: u32,
