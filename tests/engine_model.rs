@@ -1225,7 +1225,10 @@ fn rate_limit_bound(limit: u32, periods: &[u64], arrivals: &Arrivals) -> Result<
             unreachable!("only rate limits here")
         };
         let counted = |g: &&(u64, u64, Constraint)| {
-            let Constraint::RateLimit { period_ms: own_ms, .. } = g.2 else {
+            let Constraint::RateLimit {
+                period_ms: own_ms, ..
+            } = g.2
+            else {
                 unreachable!("only rate limits here")
             };
             g.0 + period_ms.min(own_ms) > b_ms
@@ -1412,7 +1415,13 @@ fn rate_limit_grants_count_for_their_own_period() {
         (1999, acquire("s", "k3", rate_limit(2, 5000), 1, 1)),
         (1999, acquire("s", "k4", rate_limit(2, 5000), 1, 1)),
     ]);
-    assert!(matches!(&got[2], Ok(Applied { outcome: Outcome::Granted(_), .. })));
+    assert!(matches!(
+        &got[2],
+        Ok(Applied {
+            outcome: Outcome::Granted(_),
+            ..
+        })
+    ));
     // Counted: k2's unit until 2998 (its own 999 ms), k3's until 6999.
     assert_eq!(got[3], denied_by_rate_limit(2, 2, 999));
 }
@@ -1425,5 +1434,11 @@ fn expire_does_not_change_rate_limit_outcomes() {
     let without = outcomes(&[first.clone(), later.clone()]);
     let with = outcomes(&[first, (1500, Command::Expire { until_ms: 1500 }), later]);
     assert_eq!(without[1], with[2]);
-    assert!(matches!(&with[2], Ok(Applied { outcome: Outcome::Granted(_), .. })));
+    assert!(matches!(
+        &with[2],
+        Ok(Applied {
+            outcome: Outcome::Granted(_),
+            ..
+        })
+    ));
 }

@@ -363,9 +363,13 @@ fn record_window(window: &mut Vec<WindowEntry>, entry: WindowEntry) {
 pub(crate) fn idle_at_ms(rec: &KeyRecord) -> Option<u64> {
     match &rec.state {
         KeyState::Throttle { tat_ns, .. } => Some(ceil_ms(*tat_ns)),
-        KeyState::RateLimit { window, .. } => {
-            Some(window.iter().map(|e| e.at_ms + e.period_ms).max().unwrap_or(0))
-        }
+        KeyState::RateLimit { window, .. } => Some(
+            window
+                .iter()
+                .map(|e| e.at_ms + e.period_ms)
+                .max()
+                .unwrap_or(0),
+        ),
         KeyState::Concurrency { .. } | KeyState::Semaphore { .. } => None,
     }
 }
