@@ -18,6 +18,7 @@ mod tests;
 pub use error::{EngineError, ErrorCode};
 pub use store::{
     Deadline, DedupKey, DedupRecord, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore, Meta,
+    ScopeId,
     Store, WindowEntry,
 };
 pub use types::*;
@@ -45,13 +46,19 @@ impl Default for EngineConfig {
 pub struct Engine<S: Store> {
     store: S,
     config: EngineConfig,
+    /// Reused buffer for command fingerprints.
+    scratch: Vec<u8>,
 }
 
 type Result<T> = std::result::Result<T, EngineError>;
 
 impl<S: Store> Engine<S> {
     pub fn new(store: S, config: EngineConfig) -> Self {
-        Engine { store, config }
+        Engine {
+            store,
+            config,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -85,9 +92,9 @@ impl<S: Store> Engine<S> {
     pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
         validate::command(cmd)?;
         let now_ms = self.advance(stamp_ms);
-        let dedup = Self::dedup_key(cmd);
-        if let Some((key, fingerprint)) = &dedup {
-            if let Some(replay) = self.replay(key, *fingerprint)? {
+        let dedup = self.dedup_key(cmd);
+        if let Some((key, fingerprint, idempotency_key)) = dedup {
+            if let Some(replay) = self.replay(key, fingerprint, idempotency_key)? {
                 return Ok(replay);
             }
         }
@@ -99,7 +106,7 @@ impl<S: Store> Engine<S> {
             Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
-        if let Some((key, fingerprint)) = dedup {
+        if let Some((key, fingerprint, _)) = dedup {
             self.remember(key, fingerprint, &outcome, now_ms);
         }
         Ok(Applied {
@@ -120,8 +127,9 @@ impl<S: Store> Engine<S> {
         now_ms
     }
 
-    /// The dedup identity of a mutating command and its fingerprint.
-    fn dedup_key(cmd: &Command) -> Option<(DedupKey, u64)> {
+    /// The dedup identity of a mutating command, its fingerprint, and the
+    /// idempotency key as the caller wrote it.
+    fn dedup_key<'c>(&mut self, cmd: &'c Command) -> Option<(DedupKey, u64, &'c str)> {
         let (scope, key) = match cmd {
             Command::Acquire(r) => (&r.scope, &r.idempotency_key),
             Command::Extend(r) => (&r.scope, &r.idempotency_key),
@@ -130,24 +138,26 @@ impl<S: Store> Engine<S> {
             Command::AdjustCapacity(r) => (&r.scope, &r.idempotency_key),
             Command::Expire { .. } => return None,
         };
-        // The key is part of the command, so equal commands hash equally.
-        let bytes = postcard::to_stdvec(cmd).expect("commands always serialize");
-        let key = DedupKey {
-            scope: scope.clone(),
-            idempotency_key: key.clone(),
-        };
-        Some((key, xxhash_rust::xxh3::xxh3_64(&bytes)))
+        // postcard's encoding is stable across versions, unlike `Hash`, so
+        // replicas built apart agree. The key is part of the command, so
+        // equal commands hash equally.
+        self.scratch.clear();
+        let bytes = postcard::to_extend(cmd, std::mem::take(&mut self.scratch))
+            .expect("commands always serialize");
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
+        self.scratch = bytes;
+        Some((DedupKey::new(scope, key), fingerprint, key))
     }
 
-    fn replay(&self, key: &DedupKey, fingerprint: u64) -> Result<Option<Applied>> {
-        match self.store.dedup(key) {
+    fn replay(&self, key: DedupKey, fingerprint: u64, idempotency_key: &str) -> Result<Option<Applied>> {
+        match self.store.dedup(&key) {
             None => Ok(None),
             Some(rec) if rec.fingerprint == fingerprint => Ok(Some(Applied {
                 outcome: rec.outcome.clone(),
                 replayed: true,
             })),
             Some(_) => Err(EngineError::IdempotencyKeyReused {
-                idempotency_key: key.idempotency_key.clone(),
+                idempotency_key: idempotency_key.to_string(),
             }),
         }
     }
@@ -165,7 +175,7 @@ impl<S: Store> Engine<S> {
             _ => Some(now_ms + self.config.dedup_window_ms),
         };
         if let Some(at) = drop_at_ms {
-            self.store.insert_deadline(at, Deadline::Dedup(key.clone()));
+            self.store.insert_deadline(at, Deadline::Dedup(key));
         }
         let record = DedupRecord {
             fingerprint,
@@ -176,11 +186,7 @@ impl<S: Store> Engine<S> {
     }
 
     fn key_id(scope: &str, c: &Constraint) -> KeyId {
-        KeyId {
-            scope: scope.to_string(),
-            kind: c.kind(),
-            key: c.key().to_string(),
-        }
+        KeyId::new(scope, c.kind(), c.key())
     }
 
     /// How much every constraint admits now: the grantable amount (capped at
@@ -249,11 +255,7 @@ impl<S: Store> Engine<S> {
         for (id, c) in ids.iter().zip(&r.constraints) {
             let units = self.reserve(id, c, granted, lease_id, expires_at_ms, now_ms);
             if units > 0 {
-                holds.push(Hold {
-                    kind: c.kind(),
-                    key: c.key().to_string(),
-                    units,
-                });
+                holds.push(Hold { key: *id, units });
             }
         }
         let usage = self.usage_of(&ids, &r.constraints, now_ms);
@@ -272,13 +274,13 @@ impl<S: Store> Engine<S> {
         self.store.insert_lease(
             lease_id,
             Lease {
-                scope: r.scope.clone(),
+                scope: ScopeId::new(&r.scope),
                 amount: granted,
                 holds,
                 granted_at_ms: now_ms,
                 expires_at_ms,
                 deadline_ms: r.max_lifetime_ms.map(|l| now_ms + l),
-                idempotency_key: r.idempotency_key.clone(),
+                acquire: DedupKey::new(&r.scope, &r.idempotency_key),
             },
         );
         self.store
@@ -303,7 +305,7 @@ impl<S: Store> Engine<S> {
         now_ms: u64,
     ) -> u64 {
         if self.store.key(id).is_none() {
-            self.store.insert_key(id.clone(), constraint::new_record(c));
+            self.store.insert_key(*id, constraint::new_record(c));
         }
         let rec = self.store.key_mut(id).expect("inserted above");
         let holder = Holder {
@@ -315,7 +317,7 @@ impl<S: Store> Engine<S> {
         if rec.sweep_at_ms.is_none() {
             if let Some(at) = constraint::idle_at_ms(rec) {
                 rec.sweep_at_ms = Some(at);
-                self.store.insert_deadline(at, Deadline::Key(id.clone()));
+                self.store.insert_deadline(at, Deadline::Key(*id));
             }
         }
         units
@@ -327,7 +329,9 @@ impl<S: Store> Engine<S> {
     fn live_lease(&self, scope: &str, lease_id: LeaseId, now_ms: u64) -> Result<Option<&Lease>> {
         match self.store.lease(lease_id) {
             Some(lease) if lease.expires_at_ms <= now_ms => Ok(None),
-            Some(lease) if lease.scope != scope => Err(EngineError::LeaseNotFound { lease_id }),
+            Some(lease) if lease.scope != ScopeId::new(scope) => {
+                Err(EngineError::LeaseNotFound { lease_id })
+            }
             Some(lease) => Ok(Some(lease)),
             None if lease_id < self.store.meta().next_lease_id => Ok(None),
             None => Err(EngineError::LeaseNotFound { lease_id }),
@@ -350,12 +354,7 @@ impl<S: Store> Engine<S> {
         let old_ms = lease.expires_at_ms;
         let holds = lease.holds.clone();
         for hold in &holds {
-            let id = KeyId {
-                scope: r.scope.clone(),
-                kind: hold.kind,
-                key: hold.key.clone(),
-            };
-            let rec = self.store.key_mut(&id).expect("a live lease's keys exist");
+            let rec = self.store.key_mut(&hold.key).expect("a live lease's keys exist");
             let old = Holder {
                 expires_at_ms: old_ms,
                 lease_id,
@@ -403,12 +402,7 @@ impl<S: Store> Engine<S> {
             .remove_deadline(lease.expires_at_ms, &Deadline::Lease(lease_id));
         let mut freed = 0;
         for hold in lease.holds {
-            let id = KeyId {
-                scope: lease.scope.clone(),
-                kind: hold.kind,
-                key: hold.key,
-            };
-            let rec = self.store.key_mut(&id).expect("a lease's keys exist");
+            let rec = self.store.key_mut(&hold.key).expect("a lease's keys exist");
             let holder = Holder {
                 expires_at_ms: lease.expires_at_ms,
                 lease_id,
@@ -426,13 +420,10 @@ impl<S: Store> Engine<S> {
             }
             freed += hold.units;
             if constraint::is_idle(rec, now_ms) {
-                self.store.remove_key(&id);
+                self.store.remove_key(&hold.key);
             }
         }
-        let key = DedupKey {
-            scope: lease.scope,
-            idempotency_key: lease.idempotency_key,
-        };
+        let key = lease.acquire;
         let drop_at_ms = now_ms + self.config.dedup_window_ms;
         if let Some(rec) = self.store.dedup_mut(&key) {
             rec.drop_at_ms = Some(drop_at_ms);
@@ -442,11 +433,7 @@ impl<S: Store> Engine<S> {
     }
 
     fn semaphore_id(scope: &str, key: &str) -> KeyId {
-        KeyId {
-            scope: scope.to_string(),
-            kind: Kind::Semaphore,
-            key: key.to_string(),
-        }
+        KeyId::new(scope, Kind::Semaphore, key)
     }
 
     fn set_capacity(&mut self, scope: &str, key: &str, capacity: u64, now_ms: u64) -> Outcome {
@@ -572,12 +559,7 @@ impl<S: Store> Engine<S> {
     pub fn inspect(&self, scope: &str, kind: Kind, key: &str, now_ms: u64) -> Result<KeyInfo> {
         validate::key_ref(scope, key)?;
         let now_ms = now_ms.max(self.applied_ms());
-        let id = KeyId {
-            scope: scope.to_string(),
-            kind,
-            key: key.to_string(),
-        };
-        let rec = self.store.key(&id);
+        let rec = self.store.key(&KeyId::new(scope, kind, key));
         // Limits travel with requests; inspection reads the last one seen.
         let c = match rec.map(|r| &r.state) {
             Some(KeyState::Concurrency { limit, .. }) => Constraint::Concurrency {

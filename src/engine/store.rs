@@ -24,12 +24,56 @@ pub struct Meta {
     pub next_lease_id: LeaseId,
 }
 
-/// A constraint key's identity: the same string under two kinds is two keys.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct KeyId {
-    pub scope: String,
-    pub kind: Kind,
-    pub key: String,
+/// A 128-bit XXH3 of length-prefixed parts after a domain byte. Records are
+/// keyed by these instead of the strings they stand for: fixed-size keys
+/// hash, compare and copy cheaply, and a lease carries no strings. Two
+/// distinct names collide with probability about n²/2¹²⁹ — for a billion
+/// names, below 10⁻²⁰.
+fn id128(domain: u8, scope: &str, name: &str) -> u128 {
+    use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, KEY_BYTES_MAX, SCOPE_BYTES_MAX};
+    const CAP: usize = 3 + SCOPE_BYTES_MAX + max(KEY_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX);
+    const fn max(a: usize, b: usize) -> usize {
+        if a > b {
+            a
+        } else {
+            b
+        }
+    }
+    let mut buf = [0u8; CAP];
+    let len = 3 + scope.len() + name.len();
+    assert!(len <= CAP, "validated names fit the identity buffer");
+    buf[0] = domain;
+    buf[1..3].copy_from_slice(&(scope.len() as u16).to_le_bytes());
+    buf[3..3 + scope.len()].copy_from_slice(scope.as_bytes());
+    buf[3 + scope.len()..len].copy_from_slice(name.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&buf[..len])
+}
+
+/// A constraint key's identity: (scope, kind, key). The same string under
+/// two kinds is two keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KeyId(pub u128);
+
+impl KeyId {
+    pub fn new(scope: &str, kind: Kind, key: &str) -> Self {
+        let domain = match kind {
+            Kind::Concurrency => 1,
+            Kind::Throttle => 2,
+            Kind::RateLimit => 3,
+            Kind::Semaphore => 4,
+        };
+        KeyId(id128(domain, scope, key))
+    }
+}
+
+/// A scope's identity, as leases remember it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ScopeId(pub u128);
+
+impl ScopeId {
+    pub fn new(scope: &str) -> Self {
+        ScopeId(id128(0, scope, ""))
+    }
 }
 
 /// A grant a rate-limit key remembers: `units` granted at `at_ms` (rounded
@@ -85,32 +129,34 @@ pub struct KeyRecord {
     pub sweep_at_ms: Option<u64>,
 }
 
-/// Units one lease holds on one key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Units one lease holds on one key (concurrency or semaphore).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    pub kind: Kind,
-    pub key: String,
+    pub key: KeyId,
     pub units: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    pub scope: String,
+    pub scope: ScopeId,
     pub amount: u32,
     pub holds: Vec<Hold>,
     pub granted_at_ms: u64,
     pub expires_at_ms: u64,
     /// `granted_at + max_lifetime_ms`, if the acquire set one.
     pub deadline_ms: Option<u64>,
-    /// The acquire's idempotency key, whose record lives while the lease does.
-    pub idempotency_key: String,
+    /// The acquire's idempotency record, which lives while the lease does.
+    pub acquire: DedupKey,
 }
 
-/// An idempotency key's identity: keys are scoped.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DedupKey {
-    pub scope: String,
-    pub idempotency_key: String,
+/// An idempotency key's identity: (scope, idempotency key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DedupKey(pub u128);
+
+impl DedupKey {
+    pub fn new(scope: &str, idempotency_key: &str) -> Self {
+        DedupKey(id128(0xff, scope, idempotency_key))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +169,7 @@ pub struct DedupRecord {
 }
 
 /// Something the scavenger must look at when applied time reaches its instant.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Deadline {
     Lease(LeaseId),
     Dedup(DedupKey),
@@ -191,13 +237,13 @@ impl MemStore {
             keys: self
                 .keys
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (*k, v.clone()))
                 .collect(),
             leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
             dedup: self
                 .dedup
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (*k, v.clone()))
                 .collect(),
             deadlines: self.deadlines.clone(),
         };
@@ -285,13 +331,12 @@ impl Store for MemStore {
     }
 
     fn first_deadline(&self) -> Option<(u64, Deadline)> {
-        self.deadlines.first().cloned()
+        self.deadlines.first().copied()
     }
     fn insert_deadline(&mut self, at_ms: u64, deadline: Deadline) {
         self.deadlines.insert((at_ms, deadline));
     }
     fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline) {
-        // The tuple key needs an owned deadline; removals are rare enough.
-        self.deadlines.remove(&(at_ms, deadline.clone()));
+        self.deadlines.remove(&(at_ms, *deadline));
     }
 }
