@@ -82,7 +82,10 @@ impl Driver {
     }
 
     fn apply(&mut self, cmd: &Command) -> Outcome {
-        self.engine.apply(self.now_ms(), cmd).expect("valid").outcome
+        self.engine
+            .apply(self.now_ms(), cmd)
+            .expect("valid")
+            .outcome
     }
 
     fn acquire(&mut self, key: &str, limit: u32, ttl_ms: u64) -> u64 {

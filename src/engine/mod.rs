@@ -18,8 +18,7 @@ mod tests;
 pub use error::{EngineError, ErrorCode};
 pub use store::{
     Deadline, DedupKey, DedupRecord, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore, Meta,
-    ScopeId,
-    Store, WindowEntry,
+    ScopeId, Store, WindowEntry,
 };
 pub use types::*;
 
@@ -149,7 +148,12 @@ impl<S: Store> Engine<S> {
         Some((DedupKey::new(scope, key), fingerprint, key))
     }
 
-    fn replay(&self, key: DedupKey, fingerprint: u64, idempotency_key: &str) -> Result<Option<Applied>> {
+    fn replay(
+        &self,
+        key: DedupKey,
+        fingerprint: u64,
+        idempotency_key: &str,
+    ) -> Result<Option<Applied>> {
         match self.store.dedup(&key) {
             None => Ok(None),
             Some(rec) if rec.fingerprint == fingerprint => Ok(Some(Applied {
@@ -354,7 +358,10 @@ impl<S: Store> Engine<S> {
         let old_ms = lease.expires_at_ms;
         let holds = lease.holds.clone();
         for hold in &holds {
-            let rec = self.store.key_mut(&hold.key).expect("a live lease's keys exist");
+            let rec = self
+                .store
+                .key_mut(&hold.key)
+                .expect("a live lease's keys exist");
             let old = Holder {
                 expires_at_ms: old_ms,
                 lease_id,

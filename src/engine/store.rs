@@ -234,17 +234,9 @@ impl MemStore {
     pub fn encode(&self) -> Vec<u8> {
         let canonical = Canonical {
             meta: self.meta,
-            keys: self
-                .keys
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
+            keys: self.keys.iter().map(|(k, v)| (*k, v.clone())).collect(),
             leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            dedup: self
-                .dedup
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
+            dedup: self.dedup.iter().map(|(k, v)| (*k, v.clone())).collect(),
             deadlines: self.deadlines.clone(),
         };
         postcard::to_stdvec(&canonical).expect("in-memory records always serialize")
