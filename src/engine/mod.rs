@@ -450,8 +450,7 @@ impl<S: Store> Engine<S> {
                 key: key.to_string(),
                 weight: 1,
             };
-            self.store
-                .insert_key(id.clone(), constraint::new_record(&c));
+            self.store.insert_key(id, constraint::new_record(&c));
         }
         let rec = self.store.key_mut(&id).expect("inserted above");
         match &mut rec.state {
