@@ -129,14 +129,7 @@ impl<S: Store> Engine<S> {
     /// The dedup identity of a mutating command, its fingerprint, and the
     /// idempotency key as the caller wrote it.
     fn dedup_key<'c>(&mut self, cmd: &'c Command) -> Option<(DedupKey, u64, &'c str)> {
-        let (scope, key) = match cmd {
-            Command::Acquire(r) => (&r.scope, &r.idempotency_key),
-            Command::Extend(r) => (&r.scope, &r.idempotency_key),
-            Command::Release(r) => (&r.scope, &r.idempotency_key),
-            Command::SetCapacity(r) => (&r.scope, &r.idempotency_key),
-            Command::AdjustCapacity(r) => (&r.scope, &r.idempotency_key),
-            Command::Expire { .. } => return None,
-        };
+        let (scope, key) = cmd.idempotency()?;
         // postcard's encoding is stable across versions, unlike `Hash`, so
         // replicas built apart agree. The key is part of the command, so
         // equal commands hash equally.

@@ -141,6 +141,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The scope and idempotency key of a mutating command; `None` for the
+    /// scavenger's `Expire`, which is not a client call.
+    pub fn idempotency(&self) -> Option<(&str, &str)> {
+        let (scope, key) = match self {
+            Command::Acquire(r) => (&r.scope, &r.idempotency_key),
+            Command::Extend(r) => (&r.scope, &r.idempotency_key),
+            Command::Release(r) => (&r.scope, &r.idempotency_key),
+            Command::SetCapacity(r) => (&r.scope, &r.idempotency_key),
+            Command::AdjustCapacity(r) => (&r.scope, &r.idempotency_key),
+            Command::Expire { .. } => return None,
+        };
+        Some((scope, key))
+    }
+}
+
 /// The state of one constraint as a request saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
