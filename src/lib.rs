@@ -17,7 +17,10 @@
 //!   errors to gRPC statuses with a stable code in their details.
 //! - [`raft`]: Raft storage for one node — every group's log, vote and state
 //!   machine (the engine) over one shared RocksDB, with group commit.
+//! - [`config`]: the server's configuration from flags, environment and a
+//!   TOML file, validated.
 
+pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod limits;

@@ -1,0 +1,780 @@
+//! The server's configuration: one struct, validated once at start-up.
+//!
+//! Sources, highest precedence first: command-line flags, `LEASEHOLD_*`
+//! environment variables (clap reads both, see [`ServeArgs`]), a TOML file
+//! named by `--config`, then defaults. The file's keys are the field names of
+//! [`Config`]; an unknown key is an error. Members are a list of
+//! `"<node id>=<host>:<port>"` strings, in the file as in the flag:
+//!
+//! ```toml
+//! node_id = 2
+//! grpc_addr = "0.0.0.0:7070"
+//! http_addr = "0.0.0.0:7080"
+//! data_dir = "/var/lib/leasehold"
+//! members = ["1=10.0.0.1:7070", "2=10.0.0.2:7070", "3=10.0.0.3:7070"]
+//! partitions = 16
+//! ```
+//!
+//! When `advertise_addr` is not given it is this node's address in
+//! `members`, or else `grpc_addr`; when `members` is not given the cluster
+//! is this node alone, at `advertise_addr`.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::DEDUP_WINDOW_MS_MAX;
+pub use crate::raft::NodeId;
+
+/// Bounds [`Config::validate`] enforces, inclusive.
+pub const PARTITIONS_RANGE: RangeInclusive<u32> = 1..=1024;
+pub const REPLICATION_FACTOR_RANGE: RangeInclusive<u32> = 1..=7;
+pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
+pub const HEARTBEAT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
+pub const SNAPSHOT_INTERVAL_ENTRIES_RANGE: RangeInclusive<u64> = 10..=10_000_000;
+pub const DEDUP_WINDOW_MS_RANGE: RangeInclusive<u64> = 1..=DEDUP_WINDOW_MS_MAX;
+pub const MAX_BATCH_COMMANDS_RANGE: RangeInclusive<u32> = 1..=65_536;
+pub const SHUTDOWN_GRACE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
+
+/// An election timeout shorter than this many heartbeats lets one delayed
+/// heartbeat start an election.
+const HEARTBEATS_PER_ELECTION_TIMEOUT_MIN: u64 = 3;
+
+/// One node of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node_id: NodeId,
+    /// `host:port` that peers and clients dial.
+    pub addr: String,
+}
+
+/// Everything a node needs to start. Build it with [`Config::resolve`] or
+/// start from [`Config::default`]; either way, [`Config::validate`] it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// This node's id, >= 1.
+    pub node_id: NodeId,
+    /// Where the gRPC server (clients and peers) listens.
+    pub grpc_addr: SocketAddr,
+    /// `host:port` that peers and clients dial to reach this node.
+    pub advertise_addr: String,
+    /// Where Prometheus `/metrics` and `/ready` are served.
+    pub http_addr: SocketAddr,
+    /// The node's RocksDB and anything else it persists.
+    pub data_dir: PathBuf,
+    /// The initial cluster, sorted by node id, this node among them.
+    pub members: Vec<Member>,
+    /// Number of partitions the scope hash maps onto.
+    pub partitions: u32,
+    /// Replicas per partition wanted; see
+    /// [`Config::effective_replication_factor`].
+    pub replication_factor: u32,
+    /// Least election timeout; the greatest is twice this.
+    pub election_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Log entries since the last snapshot that trigger a new one.
+    pub snapshot_interval_entries: u64,
+    /// How long an idempotency record outlives what it recorded.
+    pub dedup_window_ms: u64,
+    /// Most client commands batched into one Raft entry.
+    pub max_batch_commands: u32,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], 7070));
+        let node_id = 1;
+        Config {
+            node_id,
+            grpc_addr,
+            advertise_addr: grpc_addr.to_string(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            data_dir: PathBuf::from("./leasehold-data"),
+            members: vec![Member {
+                node_id,
+                addr: grpc_addr.to_string(),
+            }],
+            partitions: 16,
+            replication_factor: 3,
+            election_timeout_ms: 500,
+            heartbeat_interval_ms: 100,
+            snapshot_interval_entries: 10_000,
+            dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
+            max_batch_commands: 512,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field as
+/// spelled in the TOML file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("members: `{item}`: {reason}")]
+    Member { item: String, reason: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Layers flags and environment (already merged by clap) over the file
+    /// `args.config` names, over defaults, and validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        Config::layer(args, file)
+    }
+
+    /// Replicas each partition actually gets: no more than there are nodes.
+    pub fn effective_replication_factor(&self) -> u32 {
+        let members = u32::try_from(self.members.len()).unwrap_or(u32::MAX);
+        self.replication_factor.min(members)
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|member| member.node_id == id)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::invalid("node_id", "must be >= 1, got 0"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "must not be empty"));
+        }
+        check_host_port(&self.advertise_addr)
+            .map_err(|reason| ConfigError::invalid("advertise_addr", reason))?;
+        self.validate_members()?;
+        self.validate_numbers()
+    }
+
+    fn validate_members(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() {
+            return Err(ConfigError::invalid(
+                "members",
+                "must list at least this node",
+            ));
+        }
+        for member in &self.members {
+            check_member(member).map_err(|reason| ConfigError::Member {
+                item: format!("{}={}", member.node_id, member.addr),
+                reason: reason.to_owned(),
+            })?;
+        }
+        for pair in self.members.windows(2) {
+            if pair[0].node_id == pair[1].node_id {
+                return Err(duplicate_member(pair[0].node_id));
+            }
+            if pair[0].node_id > pair[1].node_id {
+                return Err(ConfigError::invalid("members", "must be sorted by node id"));
+            }
+        }
+        let Some(this) = self.member(self.node_id) else {
+            return Err(ConfigError::invalid(
+                "node_id",
+                format!("{} is not among members", self.node_id),
+            ));
+        };
+        if self.members.len() > 1 && this.addr != self.advertise_addr {
+            return Err(ConfigError::invalid(
+                "advertise_addr",
+                format!(
+                    "`{}` differs from this node's address in members, `{}`; \
+                     peers would dial one and clients be redirected to the other",
+                    self.advertise_addr, this.addr
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        check("partitions", self.partitions, PARTITIONS_RANGE)?;
+        check(
+            "replication_factor",
+            self.replication_factor,
+            REPLICATION_FACTOR_RANGE,
+        )?;
+        check(
+            "election_timeout_ms",
+            self.election_timeout_ms,
+            ELECTION_TIMEOUT_MS_RANGE,
+        )?;
+        check(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            HEARTBEAT_INTERVAL_MS_RANGE,
+        )?;
+        let election_timeout_ms_min =
+            HEARTBEATS_PER_ELECTION_TIMEOUT_MIN * self.heartbeat_interval_ms;
+        if self.election_timeout_ms < election_timeout_ms_min {
+            return Err(ConfigError::invalid(
+                "election_timeout_ms",
+                format!(
+                    "must be at least {HEARTBEATS_PER_ELECTION_TIMEOUT_MIN} * \
+                     heartbeat_interval_ms = {election_timeout_ms_min}, got {}",
+                    self.election_timeout_ms
+                ),
+            ));
+        }
+        check(
+            "snapshot_interval_entries",
+            self.snapshot_interval_entries,
+            SNAPSHOT_INTERVAL_ENTRIES_RANGE,
+        )?;
+        check(
+            "dedup_window_ms",
+            self.dedup_window_ms,
+            DEDUP_WINDOW_MS_RANGE,
+        )?;
+        check(
+            "max_batch_commands",
+            self.max_batch_commands,
+            MAX_BATCH_COMMANDS_RANGE,
+        )?;
+        check(
+            "shutdown_grace_ms",
+            self.shutdown_grace_ms,
+            SHUTDOWN_GRACE_MS_RANGE,
+        )
+    }
+
+    /// Flags over file over defaults, then validation. Pure: clap has
+    /// already folded the environment into `args`.
+    fn layer(args: ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        macro_rules! pick {
+            ($field:ident) => {
+                args.$field.or(file.$field).unwrap_or(defaults.$field)
+            };
+        }
+        let node_id = pick!(node_id);
+        let grpc_addr = pick!(grpc_addr);
+        let members = match (args.members, file.members) {
+            (Some(list), _) => Some(parse_members(&list)?),
+            (None, Some(items)) => Some(parse_member_items(items.iter().map(String::as_str))?),
+            (None, None) => None,
+        };
+        let advertise_addr = args
+            .advertise_addr
+            .or(file.advertise_addr)
+            .or_else(|| {
+                let this = members.as_ref()?.iter().find(|m| m.node_id == node_id)?;
+                Some(this.addr.clone())
+            })
+            .unwrap_or_else(|| grpc_addr.to_string());
+        let members = members.unwrap_or_else(|| {
+            vec![Member {
+                node_id,
+                addr: advertise_addr.clone(),
+            }]
+        });
+        let config = Config {
+            node_id,
+            grpc_addr,
+            advertise_addr,
+            http_addr: pick!(http_addr),
+            data_dir: pick!(data_dir),
+            members,
+            partitions: pick!(partitions),
+            replication_factor: pick!(replication_factor),
+            election_timeout_ms: pick!(election_timeout_ms),
+            heartbeat_interval_ms: pick!(heartbeat_interval_ms),
+            snapshot_interval_entries: pick!(snapshot_interval_entries),
+            dedup_window_ms: pick!(dedup_window_ms),
+            max_batch_commands: pick!(max_batch_commands),
+            shutdown_grace_ms: pick!(shutdown_grace_ms),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `leasehold serve` flags. Each may also come from its `LEASEHOLD_*`
+/// environment variable; a flag left out falls back to the file, then the
+/// default.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file of settings; its keys are the flag names with `_` for `-`
+    #[arg(long, env = "LEASEHOLD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// This node's id, >= 1 [default: 1]
+    #[arg(long, env = "LEASEHOLD_NODE_ID", value_name = "ID")]
+    pub node_id: Option<NodeId>,
+    /// gRPC listen address, for clients and peers [default: 127.0.0.1:7070]
+    #[arg(long, env = "LEASEHOLD_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// host:port peers and clients dial [default: this node's address in --members, else --grpc-addr]
+    #[arg(long, env = "LEASEHOLD_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+    /// HTTP listen address for /metrics and /ready [default: 127.0.0.1:7080]
+    #[arg(long, env = "LEASEHOLD_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Directory for this node's data [default: ./leasehold-data]
+    #[arg(long, env = "LEASEHOLD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial cluster, e.g. 1=10.0.0.1:7070,2=10.0.0.2:7070 [default: this node alone]
+    #[arg(long, env = "LEASEHOLD_MEMBERS", value_name = "ID=HOST:PORT,...")]
+    pub members: Option<String>,
+    /// Number of partitions, 1..=1024 [default: 16]
+    #[arg(long, env = "LEASEHOLD_PARTITIONS", value_name = "N")]
+    pub partitions: Option<u32>,
+    /// Replicas per partition, 1..=7, capped by the member count [default: 3]
+    #[arg(long, env = "LEASEHOLD_REPLICATION_FACTOR", value_name = "N")]
+    pub replication_factor: Option<u32>,
+    /// Least Raft election timeout (the greatest is 2x), 50..=60000 and >= 3 heartbeats [default: 500]
+    #[arg(long, env = "LEASEHOLD_ELECTION_TIMEOUT_MS", value_name = "MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval, 10..=10000 [default: 100]
+    #[arg(long, env = "LEASEHOLD_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Log entries since the last snapshot that trigger a new one, 10..=10000000 [default: 10000]
+    #[arg(long, env = "LEASEHOLD_SNAPSHOT_INTERVAL_ENTRIES", value_name = "N")]
+    pub snapshot_interval_entries: Option<u64>,
+    /// How long an idempotency record outlives what it recorded, 1..=604800000 [default: 600000]
+    #[arg(long, env = "LEASEHOLD_DEDUP_WINDOW_MS", value_name = "MS")]
+    pub dedup_window_ms: Option<u64>,
+    /// Most client commands per Raft entry, 1..=65536 [default: 512]
+    #[arg(long, env = "LEASEHOLD_MAX_BATCH_COMMANDS", value_name = "N")]
+    pub max_batch_commands: Option<u32>,
+    /// How long SIGTERM waits for in-flight work, 0..=600000 [default: 10000]
+    #[arg(long, env = "LEASEHOLD_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// The TOML file: every [`Config`] field, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<NodeId>,
+    grpc_addr: Option<SocketAddr>,
+    advertise_addr: Option<String>,
+    http_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    members: Option<Vec<String>>,
+    partitions: Option<u32>,
+    replication_factor: Option<u32>,
+    election_timeout_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    snapshot_interval_entries: Option<u64>,
+    dedup_window_ms: Option<u64>,
+    max_batch_commands: Option<u32>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+impl FileConfig {
+    fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Parses `"1=host:port,2=host:port"` into members sorted by node id.
+/// Whitespace around items is ignored, and so are empty items.
+pub fn parse_members(s: &str) -> Result<Vec<Member>, ConfigError> {
+    parse_member_items(s.split(','))
+}
+
+fn parse_member_items<'a>(
+    items: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Member>, ConfigError> {
+    let mut members = items
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(parse_member)
+        .collect::<Result<Vec<_>, _>>()?;
+    if members.is_empty() {
+        return Err(ConfigError::invalid(
+            "members",
+            "must list at least one node",
+        ));
+    }
+    members.sort_by_key(|member| member.node_id);
+    if let Some(pair) = members.windows(2).find(|p| p[0].node_id == p[1].node_id) {
+        return Err(duplicate_member(pair[0].node_id));
+    }
+    Ok(members)
+}
+
+fn parse_member(item: &str) -> Result<Member, ConfigError> {
+    let bad = |reason: &str| ConfigError::Member {
+        item: item.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (id, addr) = item
+        .split_once('=')
+        .ok_or_else(|| bad("expected <node id>=<host>:<port>"))?;
+    let node_id = id
+        .trim()
+        .parse()
+        .map_err(|_| bad("node id must be an integer >= 1"))?;
+    let member = Member {
+        node_id,
+        addr: addr.trim().to_owned(),
+    };
+    check_member(&member).map_err(bad)?;
+    Ok(member)
+}
+
+fn check_member(member: &Member) -> Result<(), &'static str> {
+    if member.node_id == 0 {
+        return Err("node id must be an integer >= 1");
+    }
+    check_host_port(&member.addr)
+}
+
+/// A dialable address's shape; whether the host resolves is learnt when
+/// dialling.
+fn check_host_port(addr: &str) -> Result<(), &'static str> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or("address must be <host>:<port>")?;
+    if host.is_empty() {
+        return Err("address has an empty host");
+    }
+    port.parse::<u16>()
+        .map_err(|_| "address port must be an integer in 0..=65535")?;
+    Ok(())
+}
+
+fn duplicate_member(id: NodeId) -> ConfigError {
+    ConfigError::invalid("members", format!("node id {id} appears more than once"))
+}
+
+fn check<T: Copy + Into<u64>>(
+    field: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    let (value, min, max) = (value.into(), (*range.start()).into(), (*range.end()).into());
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        field,
+        format!("must be in {min}..={max}, got {value}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_members() -> Vec<Member> {
+        parse_members("1=127.0.0.1:7070,2=127.0.0.1:7071,3=127.0.0.1:7072").unwrap()
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    fn error_of(config: &Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.effective_replication_factor(), 1);
+        assert_eq!(
+            Config::layer(ServeArgs::default(), FileConfig::default()).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn each_bound_is_rejected_naming_its_field() {
+        type Set = fn(&mut Config, u64);
+        let cases: [(&str, u64, u64, Set); 8] = [
+            ("partitions", 0, 1025, |c, v| c.partitions = v as u32),
+            ("replication_factor", 0, 8, |c, v| {
+                c.replication_factor = v as u32
+            }),
+            ("election_timeout_ms", 49, 60_001, |c, v| {
+                c.election_timeout_ms = v;
+                c.heartbeat_interval_ms = 10;
+            }),
+            ("heartbeat_interval_ms", 9, 10_001, |c, v| {
+                c.heartbeat_interval_ms = v;
+                c.election_timeout_ms = 60_000;
+            }),
+            ("snapshot_interval_entries", 9, 10_000_001, |c, v| {
+                c.snapshot_interval_entries = v
+            }),
+            ("dedup_window_ms", 0, DEDUP_WINDOW_MS_MAX + 1, |c, v| {
+                c.dedup_window_ms = v
+            }),
+            ("max_batch_commands", 0, 65_537, |c, v| {
+                c.max_batch_commands = v as u32
+            }),
+            ("shutdown_grace_ms", 600_001, 600_001, |c, v| {
+                c.shutdown_grace_ms = v
+            }),
+        ];
+        for (field, low, high, set) in cases {
+            for bad in [low, high] {
+                let mut config = Config::default();
+                set(&mut config, bad);
+                let message = error_of(&config);
+                assert!(
+                    message.starts_with(&format!("{field}: must be in ")),
+                    "{field}={bad}: {message}"
+                );
+                assert!(message.ends_with(&format!("got {bad}")), "{message}");
+            }
+        }
+        let config = Config {
+            partitions: 0,
+            ..Config::default()
+        };
+        assert_eq!(error_of(&config), "partitions: must be in 1..=1024, got 0");
+    }
+
+    #[test]
+    fn election_timeout_must_cover_three_heartbeats() {
+        let mut config = Config {
+            heartbeat_interval_ms: 200,
+            election_timeout_ms: 599,
+            ..Config::default()
+        };
+        assert_eq!(
+            error_of(&config),
+            "election_timeout_ms: must be at least 3 * heartbeat_interval_ms = 600, got 599"
+        );
+        config.election_timeout_ms = 600;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn node_id_zero_and_empty_data_dir_are_rejected() {
+        let config = Config {
+            node_id: 0,
+            ..Config::default()
+        };
+        assert!(error_of(&config).starts_with("node_id: must be >= 1"));
+        let config = Config {
+            data_dir: PathBuf::new(),
+            ..Config::default()
+        };
+        assert!(error_of(&config).starts_with("data_dir:"));
+    }
+
+    #[test]
+    fn members_parse() {
+        let members = parse_members(" 3=c:7072, 1=127.0.0.1:7070,2=[::1]:7071,").unwrap();
+        let ids: Vec<_> = members.iter().map(|m| m.node_id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(members[1].addr, "[::1]:7071");
+        assert_eq!(members[2].addr, "c:7072");
+    }
+
+    #[test]
+    fn bad_members_are_named() {
+        let cases = [
+            ("1=a:1,1=b:2", "members: node id 1 appears more than once"),
+            (
+                "1=a:1,2b:2",
+                "members: `2b:2`: expected <node id>=<host>:<port>",
+            ),
+            ("x=a:1", "members: `x=a:1`: node id must be an integer >= 1"),
+            ("0=a:1", "members: `0=a:1`: node id must be an integer >= 1"),
+            ("1=a", "members: `1=a`: address must be <host>:<port>"),
+            ("1=:7070", "members: `1=:7070`: address has an empty host"),
+            (
+                "1=a:http",
+                "members: `1=a:http`: address port must be an integer in 0..=65535",
+            ),
+            (" , ", "members: must list at least one node"),
+        ];
+        for (input, expected) in cases {
+            let error = parse_members(input).unwrap_err().to_string();
+            assert_eq!(error, expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn node_must_be_among_members() {
+        let config = Config {
+            node_id: 4,
+            members: three_members(),
+            ..Config::default()
+        };
+        assert_eq!(error_of(&config), "node_id: 4 is not among members");
+    }
+
+    #[test]
+    fn members_must_be_unique_and_sorted() {
+        let mut config = Config {
+            members: three_members(),
+            ..Config::default()
+        };
+        config.members.swap(1, 2);
+        assert_eq!(error_of(&config), "members: must be sorted by node id");
+        config.members[1].node_id = 2;
+        assert_eq!(
+            error_of(&config),
+            "members: node id 2 appears more than once"
+        );
+    }
+
+    #[test]
+    fn advertise_addr_must_match_this_member_in_a_cluster() {
+        let mut config = Config {
+            members: three_members(),
+            advertise_addr: "10.0.0.1:7070".into(),
+            ..Config::default()
+        };
+        let message = error_of(&config);
+        assert!(
+            message.starts_with("advertise_addr: `10.0.0.1:7070` differs"),
+            "{message}"
+        );
+        config.advertise_addr = "127.0.0.1:7070".into();
+        config.validate().unwrap();
+        assert_eq!(config.effective_replication_factor(), 3);
+        assert_eq!(config.member(2).unwrap().addr, "127.0.0.1:7071");
+        assert!(config.member(4).is_none());
+    }
+
+    #[test]
+    fn flags_override_file_over_defaults() {
+        let args = ServeArgs {
+            partitions: Some(8),
+            node_id: Some(2),
+            ..ServeArgs::default()
+        };
+        let file = file(
+            r#"
+            partitions = 32
+            heartbeat_interval_ms = 50
+            node_id = 3
+            members = ["1=127.0.0.1:7070", "2=127.0.0.1:7071", "3=127.0.0.1:7072"]
+            "#,
+        );
+        let config = Config::layer(args, file).unwrap();
+        assert_eq!(config.partitions, 8);
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.heartbeat_interval_ms, 50);
+        assert_eq!(config.election_timeout_ms, 500);
+        assert_eq!(config.members, three_members());
+        assert_eq!(config.advertise_addr, "127.0.0.1:7071");
+        assert_eq!(config.grpc_addr, Config::default().grpc_addr);
+    }
+
+    #[test]
+    fn flag_members_replace_file_members() {
+        let args = ServeArgs {
+            members: Some("1=a:1".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::layer(args, file(r#"members = ["1=b:1", "2=c:1"]"#)).unwrap();
+        assert_eq!(config.members.len(), 1);
+        assert_eq!(config.advertise_addr, "a:1");
+    }
+
+    #[test]
+    fn lone_node_defaults_to_itself_at_its_grpc_addr() {
+        let args = ServeArgs {
+            node_id: Some(5),
+            grpc_addr: Some("127.0.0.1:9000".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let config = Config::layer(args, FileConfig::default()).unwrap();
+        assert_eq!(config.advertise_addr, "127.0.0.1:9000");
+        assert_eq!(
+            config.members,
+            [Member {
+                node_id: 5,
+                addr: "127.0.0.1:9000".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let error = toml::from_str::<FileConfig>("partitons = 3").unwrap_err();
+        assert!(error.to_string().contains("partitons"), "{error}");
+        let error = toml::from_str::<FileConfig>("grpc_addr = \"nowhere\"").unwrap_err();
+        assert!(error.to_string().contains("grpc_addr"), "{error}");
+        let config = Config::layer(ServeArgs::default(), file("partitions = 0"));
+        assert_eq!(
+            config.unwrap_err().to_string(),
+            "partitions: must be in 1..=1024, got 0"
+        );
+    }
+
+    #[test]
+    fn resolve_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leasehold.toml");
+        std::fs::write(&path, "partitions = 64\ndata_dir = \"/srv/lh\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.partitions, 64);
+        assert_eq!(config.data_dir, Path::new("/srv/lh"));
+
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(args).unwrap_err().to_string();
+        assert!(
+            message.contains("leasehold.toml") && message.contains("bogus"),
+            "{message}"
+        );
+
+        let args = ServeArgs {
+            config: Some(dir.path().join("missing.toml")),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(args).unwrap_err().to_string();
+        assert!(message.starts_with("cannot read "), "{message}");
+    }
+
+    #[test]
+    fn flags_are_well_formed() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Cli::command().debug_assert();
+    }
+}
