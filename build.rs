@@ -1,18 +1,20 @@
-//! Generates the `leasehold.v1` gRPC server, client and messages from
-//! `proto/leasehold/v1/leasehold.proto`, plus the file descriptor set that
-//! server reflection serves.
+//! Generates the gRPC servers, clients and messages of the public
+//! `leasehold.v1` contract and of the node-to-node `leasehold.internal.v1`
+//! API, plus the file descriptor set that server reflection serves.
 
 use std::env;
 use std::error::Error;
 use std::path::PathBuf;
 
 const PROTO: &str = "proto/leasehold/v1/leasehold.proto";
+const PEER_PROTO: &str = "proto/leasehold/internal/v1/peer.proto";
 
 /// Debian's protobuf-compiler, the one the project documents.
 const DEBIAN_PROTOC: &str = "/usr/bin/protoc";
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed={PEER_PROTO}");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
@@ -26,7 +28,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .file_descriptor_set_path(out_dir.join("leasehold_descriptor.bin"))
-        .compile_with_config(config, &[PROTO], &["proto"])?;
+        .compile_with_config(config, &[PROTO, PEER_PROTO], &["proto"])?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# One target dir for tests, runs and benchmarks: RocksDB builds once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/leasehold-target}"
 
 cargo fmt --all --check
 cargo clippy --release --all-targets --locked -- -D warnings

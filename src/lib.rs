@@ -17,6 +17,9 @@
 //!   errors to gRPC statuses with a stable code in their details.
 //! - [`raft`]: Raft storage for one node — every group's log, vote and state
 //!   machine (the engine) over one shared RocksDB, with group commit.
+//! - [`server`]: a node of the replicated service: Raft groups per
+//!   partition plus the metadata group, the gRPC API with forwarding, the
+//!   peer transport, metrics and graceful shutdown.
 //! - [`config`]: the server's configuration from flags, environment and a
 //!   TOML file, validated.
 
@@ -27,3 +30,4 @@ pub mod limits;
 pub mod partition;
 pub mod proto;
 pub mod raft;
+pub mod server;

@@ -6,6 +6,9 @@
 //! without asking a server. The proto documents the same function and the
 //! test vectors below.
 
+/// The routing hash's name, as `GetPartitionMap` reports it.
+pub const HASH_FUNCTION: &str = "xxh64-seed0-mod";
+
 /// The partition that owns `scope` in a cluster of `partition_count`
 /// partitions.
 ///

@@ -12,7 +12,16 @@ pub mod v1 {
     tonic::include_proto!("leasehold.v1");
 }
 
-/// The encoded `FileDescriptorSet` of `leasehold.v1`, for gRPC server
+/// Package `leasehold.internal.v1`: the node-to-node API (Raft transport,
+/// leadership handover, state digests). Not a public contract.
+pub mod peer {
+    // Generated code: its style is prost's and tonic's, not ours.
+    #![allow(clippy::all, clippy::pedantic)]
+
+    tonic::include_proto!("leasehold.internal.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `leasehold.v1` and `leasehold.internal.v1`, for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/leasehold_descriptor.bin"));

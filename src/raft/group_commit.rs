@@ -120,7 +120,10 @@ fn run(db: &rocksdb::DB, rx: &mpsc::Receiver<SyncRequest>, stats: &SyncStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = db.flush_wal(true);
+        metrics::histogram!("leasehold_wal_sync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("leasehold_wal_sync_requests").record(batch.len() as f64);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats
             .requests

@@ -9,10 +9,12 @@
 //! - [`log_store`]: openraft's log storage for one group.
 //! - [`state_machine`]: openraft's state machine for one group: the engine
 //!   in memory, checkpoints and snapshots in RocksDB.
+//! - [`meta`]: the metadata group's state, the partition map.
 
 pub mod db;
 pub mod group_commit;
 pub mod log_store;
+pub mod meta;
 pub mod state_machine;
 pub mod types;
 
@@ -22,5 +24,6 @@ mod tests;
 pub use db::{DbError, RaftDb};
 pub use group_commit::SyncCounts;
 pub use log_store::LogStore;
+pub use meta::{MetaCommand, PartitionMap, META_GROUP};
 pub use state_machine::{EngineHandle, SnapshotBuilder, StateMachine};
 pub use types::{GroupId, NodeId, Request, Response, TypeConfig};

@@ -19,9 +19,10 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::db::{self, DbError, RaftDb, CF_STATE, TAG_CHECKPOINT, TAG_SNAPSHOT};
+use super::meta::PartitionMap;
 use super::types::{
-    Entry, GroupId, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Entry, GroupId, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 use crate::engine::{Engine, EngineConfig, MemStore};
 
@@ -41,6 +42,8 @@ struct Checkpoint {
     membership: StoredMembership,
     /// [`MemStore::encode`].
     engine: Vec<u8>,
+    /// The partition map (the metadata group; empty elsewhere).
+    map: PartitionMap,
 }
 
 /// A snapshot as kept in the `state` column family.
@@ -60,6 +63,7 @@ struct StoredSnapshotRef<'a> {
 
 struct State {
     engine: Engine<MemStore>,
+    map: PartitionMap,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -69,6 +73,7 @@ impl State {
         let Some(ck) = checkpoint else {
             return Ok(State {
                 engine: Engine::new(MemStore::new(), config),
+                map: PartitionMap::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
             });
@@ -79,6 +84,7 @@ impl State {
         })?;
         Ok(State {
             engine: Engine::new(store, config),
+            map: ck.map,
             last_applied: ck.last_applied,
             membership: ck.membership,
         })
@@ -89,6 +95,7 @@ impl State {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             engine: self.engine.store().encode(),
+            map: self.map.clone(),
         }
     }
 
@@ -96,13 +103,16 @@ impl State {
         self.last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => Response::default(),
-            EntryPayload::Normal(request) => Response {
-                results: request
-                    .commands
+            EntryPayload::Normal(Request::Engine { stamp_ms, commands }) => Response {
+                results: commands
                     .iter()
-                    .map(|cmd| self.engine.apply(request.stamp_ms, cmd))
+                    .map(|cmd| self.engine.apply(stamp_ms, cmd))
                     .collect(),
             },
+            EntryPayload::Normal(Request::Meta(cmd)) => {
+                self.map.apply(&cmd);
+                Response::default()
+            }
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), membership);
                 Response::default()
@@ -130,6 +140,16 @@ impl EngineHandle {
         f(&self.read_state().engine)
     }
 
+    /// Runs `f` on the engine and returns it with the last applied log id
+    /// it reflects, both read at one instant.
+    pub fn read_with_position<R>(
+        &self,
+        f: impl FnOnce(&Engine<MemStore>) -> R,
+    ) -> (Option<LogId>, R) {
+        let state = self.read_state();
+        (state.last_applied, f(&state.engine))
+    }
+
     /// When the leader should next propose an `Expire`.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.read_state().engine.next_deadline_ms()
@@ -137,6 +157,11 @@ impl EngineHandle {
 
     pub fn last_applied(&self) -> Option<LogId> {
         self.read_state().last_applied
+    }
+
+    /// The partition map as of the last applied entry (the metadata group).
+    pub fn partition_map(&self) -> PartitionMap {
+        self.read_state().map.clone()
     }
 }
 
@@ -327,6 +352,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snapshot_err(Some(meta), e))?;
         *self.state.write_state() = state;
         self.applied_since_checkpoint = 0;
+        metrics::counter!("leasehold_snapshots_installed_total", "group" => self.group.to_string())
+            .increment(1);
+        tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot");
         Ok(())
     }
 

@@ -42,7 +42,7 @@ fn membership(term: u64, index: u64) -> Entry {
 fn normal(term: u64, index: u64, stamp_ms: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Request { stamp_ms, commands }),
+        payload: EntryPayload::Normal(Request::Engine { stamp_ms, commands }),
     }
 }
 

@@ -5,6 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use super::meta::MetaCommand;
 use crate::engine::{Applied, Command, EngineError, LeaseId};
 
 /// A Raft group on this node: a partition id, or the metadata group's id.
@@ -32,16 +33,22 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNo
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 
-/// One Raft entry: client commands batched by the leader, applied in order
-/// at the leader's stamp, so many commands share one round of consensus.
+/// One Raft entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub stamp_ms: u64,
-    pub commands: Vec<Command>,
+pub enum Request {
+    /// A partition's client commands, batched by the leader and applied in
+    /// order at the leader's stamp, so many commands share one round of
+    /// consensus.
+    Engine {
+        stamp_ms: u64,
+        commands: Vec<Command>,
+    },
+    /// A change to the partition map (the metadata group only).
+    Meta(MetaCommand),
 }
 
-/// The outcome of every command of a [`Request`], in order. Blank and
-/// membership entries answer with no results.
+/// The outcome of every engine command of a [`Request`], in order. Meta,
+/// blank and membership entries answer with no results.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     #[serde(with = "results_wire")]

@@ -1,0 +1,526 @@
+//! The public `leasehold.v1` service: routes each call to its partition's
+//! leader (executing it here, or forwarding it), and answers with who
+//! served it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use super::clock;
+use super::group::ProposeError;
+use super::node::Node;
+use crate::convert::{error_status, CheckArgs, InspectArgs};
+use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
+use crate::partition::partition_of;
+use crate::proto::v1::leasehold_client::LeaseholdClient;
+use crate::proto::v1::leasehold_server::Leasehold;
+use crate::proto::v1::{self, ServedBy};
+use crate::raft::{GroupId, NodeId, PartitionMap};
+
+/// Metadata key counting how often a call was forwarded. A forwarded call
+/// is never forwarded again: a node that cannot serve it answers
+/// NOT_LEADER with a hint instead, so views that disagree cannot loop.
+const HOPS_HEADER: &str = "leasehold-hops";
+
+/// How long a call may wait for its partition to have a reachable leader,
+/// unless the caller's own deadline is shorter.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between routing attempts while leadership settles.
+const ROUTE_RETRY: Duration = Duration::from_millis(25);
+
+type Forwarded<R> = Pin<Box<dyn Future<Output = Result<Response<R>, Status>> + Send>>;
+
+/// What one RPC needs for routing: its scope, and how to forward it.
+trait Call: Clone + Send + Sync + 'static {
+    type Reply: Send + 'static;
+    const NAME: &'static str;
+    fn scope(&self) -> &str;
+    fn forward(client: LeaseholdClient<Channel>, request: Request<Self>) -> Forwarded<Self::Reply>;
+}
+
+macro_rules! call {
+    ($req:ty, $reply:ty, $name:literal, $method:ident) => {
+        impl Call for $req {
+            type Reply = $reply;
+            const NAME: &'static str = $name;
+            fn scope(&self) -> &str {
+                &self.scope
+            }
+            fn forward(
+                mut client: LeaseholdClient<Channel>,
+                request: Request<Self>,
+            ) -> Forwarded<$reply> {
+                Box::pin(async move { client.$method(request).await })
+            }
+        }
+    };
+}
+
+call!(v1::AcquireRequest, v1::AcquireResponse, "Acquire", acquire);
+call!(v1::ExtendRequest, v1::ExtendResponse, "Extend", extend);
+call!(v1::ReleaseRequest, v1::ReleaseResponse, "Release", release);
+call!(v1::CheckRequest, v1::CheckResponse, "Check", check);
+call!(v1::InspectRequest, v1::InspectResponse, "Inspect", inspect);
+call!(
+    v1::SetCapacityRequest,
+    v1::CapacityResponse,
+    "SetCapacity",
+    set_capacity
+);
+call!(
+    v1::AdjustCapacityRequest,
+    v1::CapacityResponse,
+    "AdjustCapacity",
+    adjust_capacity
+);
+
+type Reader<R> = Box<dyn Fn(&Engine<MemStore>, u64) -> Result<R, Status> + Send + Sync>;
+type Writer<R> = Box<dyn Fn(Applied) -> Result<R, Status> + Send + Sync>;
+
+/// How a call executes on the leader.
+enum Exec<R> {
+    /// Through Raft; `Writer` turns the outcome into the reply.
+    Write(Command, Writer<R>),
+    /// Against the state at a read index (linearizable).
+    Read(Reader<R>),
+}
+
+pub struct Api {
+    node: Arc<Node>,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>) -> Api {
+        Api { node }
+    }
+
+    async fn serve<C: Call>(
+        &self,
+        request: Request<C>,
+        exec: impl FnOnce(&C) -> Result<Exec<C::Reply>, EngineError>,
+        served: fn(&mut C::Reply, ServedBy),
+    ) -> Result<Response<C::Reply>, Status> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("rpc", rpc = C::NAME, scope = request.get_ref().scope());
+        let result = self.route(request, exec, served).instrument(span).await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        metrics::counter!("leasehold_requests_total", "rpc" => C::NAME, "code" => format!("{code:?}"))
+            .increment(1);
+        metrics::histogram!("leasehold_request_duration_seconds", "rpc" => C::NAME)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn route<C: Call>(
+        &self,
+        request: Request<C>,
+        exec: impl FnOnce(&C) -> Result<Exec<C::Reply>, EngineError>,
+        served: fn(&mut C::Reply, ServedBy),
+    ) -> Result<Response<C::Reply>, Status> {
+        let map = self.node.partition_map();
+        if !map.is_initialized() || self.node.is_stopping() {
+            return Err(Status::unavailable(
+                "this node is not serving yet (or is stopping)",
+            ));
+        }
+        let hops = hops(request.metadata());
+        let deadline = Instant::now()
+            + grpc_timeout(request.metadata())
+                .unwrap_or(ROUTE_TIMEOUT)
+                .min(ROUTE_TIMEOUT);
+        let message = request.into_inner();
+        // Malformed input fails here, before any routing or proposal.
+        let exec = exec(&message).map_err(Status::from)?;
+        let partition = partition_of(message.scope(), map.partition_count);
+        loop {
+            let target = self.target(&map, partition, deadline).await;
+            match target {
+                Target::Here(group) => {
+                    let served_by = ServedBy {
+                        partition_id: partition,
+                        leader_node_id: self.node.id,
+                        epoch: map.epoch,
+                    };
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match &exec {
+                        Exec::Write(cmd, reply) => {
+                            match timeout(remaining, group.propose(cmd.clone())).await? {
+                                Ok(Ok(applied)) => {
+                                    let mut r = reply(applied)?;
+                                    served(&mut r, served_by);
+                                    return Ok(Response::new(r));
+                                }
+                                Ok(Err(e)) => return Err(e.into()),
+                                // Leadership moved mid-call: the command may have
+                                // applied; the retry through the new leader
+                                // replays it by its idempotency key.
+                                Err(ProposeError::NotLeader(_)) => {}
+                                Err(ProposeError::Stopped(why)) => {
+                                    return Err(Status::unavailable(why))
+                                }
+                            }
+                        }
+                        Exec::Read(read) => {
+                            match timeout(remaining, group.raft.ensure_linearizable()).await? {
+                                Ok(_) => {
+                                    let now = clock::now_ms();
+                                    let mut r = group.engine.read(|e| read(e, now))?;
+                                    served(&mut r, served_by);
+                                    return Ok(Response::new(r));
+                                }
+                                Err(e) => tracing::debug!(error = %e, "read index refused"),
+                            }
+                        }
+                    }
+                }
+                Target::Peer { leader, addr } if hops == 0 => {
+                    let channel = self.node.peers.channel(&addr).map_err(|e| {
+                        Status::unavailable(format!("node {leader} at {addr}: {e}"))
+                    })?;
+                    let mut forwarded = Request::new(message.clone());
+                    forwarded
+                        .metadata_mut()
+                        .insert(HOPS_HEADER, tonic::metadata::MetadataValue::from(hops + 1));
+                    forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    match C::forward(LeaseholdClient::new(channel), forwarded).await {
+                        Ok(r) => return Ok(r),
+                        // The peer lost leadership or is gone: look again.
+                        Err(s) if retryable(&s) => {
+                            tracing::debug!(leader, status = %s, "forward failed");
+                        }
+                        Err(s) => return Err(s),
+                    }
+                }
+                Target::Peer { leader, addr } => {
+                    return Err(not_leader(partition, Some((leader, addr)), map.epoch))
+                }
+                Target::Unknown => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(not_leader(partition, None, map.epoch));
+            }
+            tokio::time::sleep(ROUTE_RETRY).await;
+        }
+    }
+
+    /// Who should serve `partition` now: this node, a peer, or nobody known
+    /// yet (after waiting for an election until `deadline`).
+    async fn target(&self, map: &PartitionMap, partition: GroupId, deadline: Instant) -> Target {
+        if let Some(group) = self.node.group(partition) {
+            if group.is_leader() {
+                return Target::Here(group);
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match group.wait_for_leader(wait).await {
+                Some(leader) if leader == self.node.id => {
+                    return if group.is_leader() {
+                        Target::Here(group)
+                    } else {
+                        Target::Unknown
+                    }
+                }
+                Some(leader) => {
+                    if let Some(addr) = group.member_addr(leader) {
+                        return Target::Peer { leader, addr };
+                    }
+                }
+                None => {}
+            }
+            return Target::Unknown;
+        }
+        // Not hosted here: the map's leader hint, else any replica (which
+        // answers NOT_LEADER with a better hint).
+        let placement = map.partitions.get(partition as usize);
+        let leader = placement
+            .map(|p| p.leader)
+            .filter(|l| *l != 0)
+            .or_else(|| placement.and_then(|p| p.replicas.first().copied()));
+        match leader.and_then(|l| map.nodes.get(&l).map(|a| (l, a.clone()))) {
+            Some((leader, addr)) => Target::Peer { leader, addr },
+            None => Target::Unknown,
+        }
+    }
+
+    fn write<C: Call>(
+        cmd: Command,
+        reply: impl Fn(Applied) -> Result<C::Reply, Status> + Send + Sync + 'static,
+    ) -> Result<Exec<C::Reply>, EngineError> {
+        engine::validate::command(&cmd)?;
+        Ok(Exec::Write(cmd, Box::new(reply)))
+    }
+}
+
+enum Target {
+    Here(Arc<super::group::Group>),
+    Peer { leader: NodeId, addr: String },
+    Unknown,
+}
+
+/// Waits for a proposal or read index until the call's deadline. A
+/// proposal that times out may still apply: the caller retries with the
+/// same idempotency key to learn its outcome.
+async fn timeout<T>(limit: Duration, f: impl Future<Output = T>) -> Result<T, Status> {
+    tokio::time::timeout(limit, f).await.map_err(|_| {
+        Status::unavailable(
+            "the partition did not reach a quorum before the deadline; a mutating call may \
+             have applied: retry it with the same idempotency key",
+        )
+    })
+}
+
+fn hops(metadata: &MetadataMap) -> u32 {
+    metadata
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The caller's deadline from the `grpc-timeout` header
+/// (`<digits><unit>`, unit one of H M S m u n).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A forwarded call that failed for routing reasons, not on its merits.
+fn retryable(status: &Status) -> bool {
+    match crate::convert::error_detail(status) {
+        Some(d) => d.code == "NOT_LEADER",
+        None => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+    }
+}
+
+fn not_leader(partition: GroupId, leader: Option<(NodeId, String)>, epoch: u64) -> Status {
+    let (leader_node_id, leader_address) = leader.clone().unwrap_or_default();
+    let message = match &leader {
+        Some((id, addr)) => {
+            format!("this node does not lead partition {partition}; node {id} at {addr} does")
+        }
+        None => format!("partition {partition} has no reachable leader right now"),
+    };
+    let detail = v1::ErrorDetail {
+        code: "NOT_LEADER".into(),
+        field: String::new(),
+        leader_node_id,
+        leader_address,
+        epoch,
+    };
+    error_status(Code::Unavailable, message, &detail)
+}
+
+fn count_outcome(applied: &Applied) {
+    if applied.replayed {
+        return;
+    }
+    match &applied.outcome {
+        Outcome::Granted(g) => {
+            for u in &g.usage {
+                metrics::counter!("leasehold_grants_total", "kind" => u.kind.as_str()).increment(1);
+            }
+        }
+        Outcome::Denied(d) => {
+            for u in &d.blocking {
+                metrics::counter!("leasehold_denials_total", "kind" => u.kind.as_str())
+                    .increment(1);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tonic::async_trait]
+impl Leasehold for Api {
+    async fn acquire(
+        &self,
+        request: Request<v1::AcquireRequest>,
+    ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                let cmd = Command::Acquire(r.clone().try_into()?);
+                Self::write::<v1::AcquireRequest>(cmd, |a| {
+                    count_outcome(&a);
+                    a.try_into()
+                })
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn extend(
+        &self,
+        request: Request<v1::ExtendRequest>,
+    ) -> Result<Response<v1::ExtendResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                Self::write::<v1::ExtendRequest>(Command::Extend(r.clone().into()), |a| {
+                    a.try_into()
+                })
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                Self::write::<v1::ReleaseRequest>(Command::Release(r.clone().into()), |a| {
+                    a.try_into()
+                })
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn check(
+        &self,
+        request: Request<v1::CheckRequest>,
+    ) -> Result<Response<v1::CheckResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                let args = CheckArgs::try_from(r.clone())?;
+                Ok(Exec::Read(Box::new(move |engine, now| {
+                    let result = engine.check(
+                        &args.scope,
+                        &args.constraints,
+                        args.amount,
+                        args.min_amount,
+                        now,
+                    )?;
+                    Ok(result.into())
+                })))
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<v1::InspectRequest>,
+    ) -> Result<Response<v1::InspectResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                let args = InspectArgs::try_from(r.clone())?;
+                Ok(Exec::Read(Box::new(move |engine, now| {
+                    Ok(engine
+                        .inspect(&args.scope, args.kind, &args.key, now)?
+                        .into())
+                })))
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn set_capacity(
+        &self,
+        request: Request<v1::SetCapacityRequest>,
+    ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                Self::write::<v1::SetCapacityRequest>(Command::SetCapacity(r.clone().into()), |a| {
+                    a.try_into()
+                })
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn adjust_capacity(
+        &self,
+        request: Request<v1::AdjustCapacityRequest>,
+    ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.serve(
+            request,
+            |r| {
+                Self::write::<v1::AdjustCapacityRequest>(
+                    Command::AdjustCapacity(r.clone().into()),
+                    |a| a.try_into(),
+                )
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
+    }
+
+    async fn get_partition_map(
+        &self,
+        _request: Request<v1::GetPartitionMapRequest>,
+    ) -> Result<Response<v1::PartitionMap>, Status> {
+        let map = self.node.partition_map();
+        if !map.is_initialized() {
+            return Err(Status::unavailable("this node has no partition map yet"));
+        }
+        let partitions = map
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let id = id as GroupId;
+                // A replica's own view is fresher than the recorded hint.
+                let (leader, term) = match self.node.group(id).map(|g| g.leader()) {
+                    Some((Some(leader), term)) => (leader, term),
+                    _ => (p.leader, p.leader_term),
+                };
+                v1::Partition {
+                    partition_id: id,
+                    replica_node_ids: p.replicas.clone(),
+                    leader_node_id: leader,
+                    leader_term: term,
+                }
+            })
+            .collect();
+        let nodes = map
+            .nodes
+            .iter()
+            .map(|(id, addr)| v1::Node {
+                node_id: *id,
+                grpc_address: addr.clone(),
+            })
+            .collect();
+        Ok(Response::new(v1::PartitionMap {
+            epoch: map.epoch,
+            partition_count: map.partition_count,
+            hash_function: crate::partition::HASH_FUNCTION.into(),
+            partitions,
+            nodes,
+        }))
+    }
+}

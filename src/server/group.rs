@@ -1,0 +1,301 @@
+//! One Raft group on this node: its openraft instance, its engine, and for
+//! partitions the proposer (batching client commands into entries) and the
+//! scavenger (proposing `Expire` when something is due).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::clock;
+use super::network::{GroupNetworkFactory, Peers};
+use super::ServerError;
+use crate::engine::{Applied, Command, EngineConfig, EngineError, Outcome};
+use crate::raft::{
+    EngineHandle, GroupId, LogStore, NodeId, RaftDb, Request, Response, StateMachine, TypeConfig,
+};
+
+/// Batches proposed but not yet answered, per partition. While all are in
+/// flight, commands queue and the next entry carries all of them.
+const MAX_IN_FLIGHT_BATCHES: usize = 8;
+
+/// Queued client commands per partition before callers wait to enqueue.
+const PROPOSAL_QUEUE: usize = 65_536;
+
+/// The longest the scavenger sleeps: bounds how long an expired lease's
+/// memory outlives it when nothing else wakes the scavenger.
+const SCAVENGE_INTERVAL_MAX: Duration = Duration::from_millis(250);
+
+/// How long a group's first election is left to its preferred leader.
+const PREFERRED_LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Why a command was not applied through this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node does not lead the group; the leader, if known. The command
+    /// may still have been applied if leadership was lost mid-flight.
+    NotLeader(Option<NodeId>),
+    /// The group stopped (shutdown or a fatal storage error).
+    Stopped(String),
+}
+
+type Applies = Result<Result<Applied, EngineError>, ProposeError>;
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<Applies>,
+}
+
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft<TypeConfig>,
+    pub engine: EngineHandle,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+pub struct GroupOptions {
+    pub node_id: NodeId,
+    pub raft: Arc<openraft::Config>,
+    pub engine: EngineConfig,
+    pub max_batch: usize,
+}
+
+impl Group {
+    /// Opens the group's storage and starts its Raft instance; a group
+    /// with no state yet is initialised with `members` (every member does
+    /// the same with the same set, which openraft allows).
+    ///
+    /// Until the group has a leader, only `preferred_leader` stands for
+    /// election, so leaders spread over the nodes as placement intends
+    /// instead of all going to whichever node started first. If no leader
+    /// appears within [`PREFERRED_LEADER_WAIT`], everyone may stand.
+    pub async fn start(
+        db: &Arc<RaftDb>,
+        peers: &Arc<Peers>,
+        id: GroupId,
+        members: &BTreeMap<NodeId, String>,
+        preferred_leader: NodeId,
+        options: &GroupOptions,
+    ) -> Result<Arc<Group>, ServerError> {
+        let log = LogStore::new(Arc::clone(db), id);
+        let sm = StateMachine::open(Arc::clone(db), id, options.engine)
+            .map_err(|e| ServerError::Storage(format!("group {id}: {e}")))?;
+        let engine = sm.handle();
+        let network = GroupNetworkFactory {
+            group: id,
+            peers: Arc::clone(peers),
+        };
+        let raft = Raft::new(options.node_id, Arc::clone(&options.raft), network, log, sm)
+            .await
+            .map_err(|e| ServerError::Raft(format!("group {id}: {e}")))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?
+        {
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            match raft.initialize(nodes).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ServerError::Raft(format!("group {id}: initialize: {e}"))),
+            }
+        }
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let group = Arc::new(Group {
+            id,
+            raft,
+            engine,
+            proposals: tx,
+        });
+        tokio::spawn(propose_loop(group.raft.clone(), rx, options.max_batch));
+        if members.len() > 1 && preferred_leader != options.node_id {
+            group.raft.runtime_config().elect(false);
+            let g = Arc::clone(&group);
+            tokio::spawn(async move {
+                g.wait_for_leader(PREFERRED_LEADER_WAIT).await;
+                g.raft.runtime_config().elect(true);
+            });
+        }
+        Ok(group)
+    }
+
+    /// Applies `command` through Raft if this node leads the group.
+    pub async fn propose(&self, command: Command) -> Applies {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped("the group is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ProposeError::Stopped("the proposal was dropped".into())))
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// The leader as this node last heard, and the term.
+    pub fn leader(&self) -> (Option<NodeId>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.current_term)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The address of a member of the group, from its membership.
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        let membership = Arc::clone(&self.raft.metrics().borrow().membership_config);
+        let addr = membership
+            .nodes()
+            .find(|(id, _)| **id == node)
+            .map(|(_, n)| n.addr.clone());
+        addr
+    }
+
+    /// The group's voters.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.voter_ids().collect()
+    }
+
+    /// Waits until some leader is known, or `timeout` passes.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(leader) = rx.borrow_and_update().current_leader {
+                    return Some(leader);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Proposes `Expire` whenever the engine's next deadline has passed,
+    /// while this node leads the group, until the group stops.
+    pub async fn scavenge(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().state != ServerState::Leader {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let now = clock::now_ms();
+            let due = self.engine.next_deadline_ms().filter(|d| *d <= now);
+            if due.is_none() {
+                let wait = self
+                    .engine
+                    .next_deadline_ms()
+                    .map_or(SCAVENGE_INTERVAL_MAX, |d| {
+                        Duration::from_millis(d.saturating_sub(now)).min(SCAVENGE_INTERVAL_MAX)
+                    });
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            match self.propose(Command::Expire { until_ms: now }).await {
+                Ok(Ok(Applied {
+                    outcome: Outcome::Expired(report),
+                    ..
+                })) => {
+                    let group = self.id.to_string();
+                    metrics::counter!("leasehold_scavenged_leases_total", "group" => group.clone())
+                        .increment(report.leases_expired);
+                    metrics::counter!("leasehold_scavenged_dedup_records_total", "group" => group)
+                        .increment(report.dedup_dropped);
+                }
+                Ok(other) => tracing::warn!(group = self.id, ?other, "unexpected expire outcome"),
+                Err(ProposeError::Stopped(_)) => return,
+                // Leadership moved: the loop waits to lead again.
+                Err(ProposeError::NotLeader(_)) => {}
+            }
+        }
+    }
+}
+
+/// Drains the proposal queue into Raft entries: one entry per batch of up
+/// to `max_batch` commands, at most [`MAX_IN_FLIGHT_BATCHES`] in flight.
+async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>, max_batch: usize) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        metrics::histogram!("leasehold_batch_commands").record(commands.len() as f64);
+        let request = Request::Engine {
+            stamp_ms: clock::now_ms(),
+            commands,
+        };
+        let responder = match raft.client_write_ff(request).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                answer_all(replies, &Err(ProposeError::Stopped(fatal.to_string())));
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let result = responder.await;
+            drop(permit);
+            match result {
+                Ok(Ok(written)) => answer_each(replies, written.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    answer_all(replies, &Err(ProposeError::NotLeader(f.leader_id)));
+                }
+                Ok(Err(e)) => answer_all(replies, &Err(ProposeError::Stopped(e.to_string()))),
+                Err(_) => answer_all(
+                    replies,
+                    &Err(ProposeError::Stopped(
+                        "raft stopped before answering".into(),
+                    )),
+                ),
+            }
+        });
+    }
+}
+
+fn answer_each(replies: Vec<oneshot::Sender<Applies>>, response: Response) {
+    let mut results = response.results.into_iter();
+    for reply in replies {
+        let result = results.next().map_or_else(
+            || {
+                Err(ProposeError::Stopped(
+                    "an entry answered fewer commands than it held".into(),
+                ))
+            },
+            Ok,
+        );
+        // The caller may have given up waiting; the command applied anyway.
+        let _ = reply.send(result);
+    }
+}
+
+fn answer_all(replies: Vec<oneshot::Sender<Applies>>, result: &Applies) {
+    for reply in replies {
+        let _ = reply.send(result.clone());
+    }
+}

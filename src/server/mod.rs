@@ -1,0 +1,215 @@
+//! The leasehold server: one node of a cluster.
+//!
+//! - [`node`]: the groups this node hosts, bootstrap, readiness, handover.
+//! - [`group`]: one Raft group: proposer (batching), scavenger, leadership.
+//! - [`network`]: Raft transport over one gRPC channel per peer.
+//! - [`peer`]: the node-to-node service (`leasehold.internal.v1.Peer`).
+//! - [`api`]: the public service (`leasehold.v1.Leasehold`): routing,
+//!   forwarding, linearizable reads.
+//! - [`http`]: Prometheus `/metrics`, `/ready`, `/health`.
+//! - [`clock`]: the wall clock leaders stamp commands with.
+
+pub mod api;
+pub mod clock;
+pub mod group;
+pub mod http;
+pub mod network;
+pub mod node;
+pub mod peer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::proto::peer::peer_server::PeerServer;
+use crate::proto::v1::leasehold_server::LeaseholdServer;
+use node::Node;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("grpc: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Histogram buckets (seconds) for latencies: 50 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// How often gauges (Raft positions, leases) are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs a node until SIGTERM or SIGINT, then shuts down gracefully: stop
+/// accepting calls, finish those in flight, hand leaderships over, flush.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    config
+        .validate()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|e| ServerError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| ServerError::Metrics(e.to_string()))?;
+
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "grpc_addr",
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "http_addr",
+            addr: config.http_addr,
+            source,
+        })?;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let node = Node::open(config)?;
+    tracing::info!(
+        node = node.id,
+        grpc = %node.config.grpc_addr,
+        http = %node.config.http_addr,
+        data_dir = %node.config.data_dir.display(),
+        members = node.config.members.len(),
+        "starting"
+    );
+
+    tokio::spawn(http::serve(http, Arc::clone(&node), prometheus.clone()));
+    tokio::spawn(gauges(Arc::clone(&node), prometheus));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(PeerServer::new(peer::PeerService::new(Arc::clone(&node))))
+        .add_service(LeaseholdServer::new(api::Api::new(Arc::clone(&node))))
+        .serve_with_incoming_shutdown(tokio_stream_listener(grpc), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| ServerError::Config(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| ServerError::Config(e.to_string()))?;
+    tokio::select! {
+        result = node.bootstrap() => result?,
+        _ = term.recv() => return stop_early(&node).await,
+        _ = int.recv() => return stop_early(&node).await,
+    }
+    health_reporter
+        .set_serving::<LeaseholdServer<api::Api>>()
+        .await;
+
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    health_reporter
+        .set_not_serving::<LeaseholdServer<api::Api>>()
+        .await;
+    // Leaderships move first, while this node still answers its peers;
+    // calls that arrive meanwhile are forwarded to the new leaders.
+    node.shutdown().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "grpc server task"),
+        Err(_) => tracing::warn!(?grace, "calls still in flight after the grace period"),
+    }
+    node.stop_groups().await;
+    node.flush();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_early(node: &Arc<Node>) -> Result<(), ServerError> {
+    tracing::info!("signal before the node was ready: stopping");
+    node.stop_groups().await;
+    node.flush();
+    Ok(())
+}
+
+fn tokio_stream_listener(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Refreshes per-group gauges and runs the exporter's upkeep.
+async fn gauges(node: Arc<Node>, prometheus: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        prometheus.run_upkeep();
+        for group in node.groups() {
+            let label = if group.id == crate::raft::META_GROUP {
+                "meta".to_string()
+            } else {
+                group.id.to_string()
+            };
+            let m = group.metrics().borrow().clone();
+            let last_log = m.last_log_index.unwrap_or(0);
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let leader = m.state == openraft::ServerState::Leader;
+            metrics::gauge!("leasehold_raft_term", "group" => label.clone())
+                .set(m.current_term as f64);
+            metrics::gauge!("leasehold_raft_leader_node", "group" => label.clone())
+                .set(m.current_leader.unwrap_or(0) as f64);
+            metrics::gauge!("leasehold_raft_is_leader", "group" => label.clone()).set(if leader {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("leasehold_raft_last_log_index", "group" => label.clone())
+                .set(last_log as f64);
+            metrics::gauge!("leasehold_raft_applied_index", "group" => label.clone())
+                .set(applied as f64);
+            metrics::gauge!("leasehold_raft_apply_lag_entries", "group" => label.clone())
+                .set(last_log.saturating_sub(applied) as f64);
+            if let Some(replication) = &m.replication {
+                let slowest = replication
+                    .values()
+                    .map(|matched| last_log.saturating_sub(matched.map_or(0, |l| l.index)))
+                    .max()
+                    .unwrap_or(0);
+                metrics::gauge!("leasehold_raft_replication_lag_entries", "group" => label.clone())
+                    .set(slowest as f64);
+            }
+            let leases = group.engine.read(|e| e.store().lease_count());
+            metrics::gauge!("leasehold_leases_stored", "group" => label).set(leases as f64);
+        }
+        let sync = node.db.sync_counts();
+        metrics::gauge!("leasehold_wal_fsyncs").set(sync.fsyncs as f64);
+        metrics::gauge!("leasehold_wal_synced_entries").set(sync.entries as f64);
+    }
+}

@@ -1,0 +1,147 @@
+//! Raft transport: every group's RPCs to a peer share one HTTP/2 channel
+//! (one connection per direction of a node pair), each call tagged with its
+//! group. Payloads are openraft's messages, postcard-encoded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::peer::peer_client::PeerClient;
+use crate::proto::peer::{RaftKind, RaftRequest};
+use crate::raft::{GroupId, NodeId, TypeConfig};
+
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One lazily connected channel per peer, shared by every group and by
+/// request forwarding. Channels reconnect by themselves after a failure.
+#[derive(Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// The channel to the node that listens at `addr` (`host:port`).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("peer table lock");
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(self.channel(addr)?))
+    }
+}
+
+/// Makes the network client of one group towards each of its peers.
+pub struct GroupNetworkFactory {
+    pub group: GroupId,
+    pub peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupNetwork {
+        GroupNetwork {
+            group: self.group,
+            target,
+            client: self.peers.peer(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One group's RPCs to one peer.
+pub struct GroupNetwork {
+    group: GroupId,
+    target: NodeId,
+    /// An address that does not parse fails every call, with the reason.
+    client: Result<PeerClient<Channel>, String>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl GroupNetwork {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RaftKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(reason) => return Err(network_error(reason.clone())),
+        };
+        let payload = postcard::to_stdvec(req).map_err(|e| network_error(e.to_string()))?;
+        let mut request = tonic::Request::new(RaftRequest {
+            group: self.group,
+            kind: kind.into(),
+            payload,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = client
+            .raft(request)
+            .await
+            .map_err(|status| network_error(format!("{}: {}", status.code(), status.message())))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&reply.into_inner().payload)
+                .map_err(|e| network_error(format!("decoding a raft reply: {e}")))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn network_error<E: std::error::Error>(reason: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(reason)))
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call(RaftKind::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RaftKind::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.call(RaftKind::Vote, &rpc, &option).await
+    }
+}

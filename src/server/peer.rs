@@ -1,0 +1,123 @@
+//! The node-to-node service: Raft RPCs for any hosted group, election
+//! triggers for leadership handover, state digests, map proposals.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::node::Node;
+use crate::proto::peer::peer_server::Peer;
+use crate::proto::peer::{
+    DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest, MetaProposal, MetaReply,
+    RaftKind, RaftReply, RaftRequest,
+};
+use crate::raft::{MetaCommand, NodeId, TypeConfig};
+
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> PeerService {
+        PeerService { node }
+    }
+
+    fn group(&self, id: u32) -> Result<Arc<super::group::Group>, Status> {
+        self.node
+            .group(id)
+            .ok_or_else(|| Status::not_found(format!("node {} hosts no group {id}", self.node.id)))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let group = self.group(req.group)?;
+        match RaftKind::try_from(req.kind) {
+            Ok(RaftKind::AppendEntries) => {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
+                reply(&group.raft.append_entries(rpc).await)
+            }
+            Ok(RaftKind::Vote) => {
+                let rpc: VoteRequest<NodeId> = decode(&req.payload)?;
+                reply(&group.raft.vote(rpc).await)
+            }
+            Ok(RaftKind::InstallSnapshot) => {
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.payload)?;
+                reply(&group.raft.install_snapshot(rpc).await)
+            }
+            _ => Err(Status::invalid_argument(format!(
+                "kind: unknown raft kind {}",
+                req.kind
+            ))),
+        }
+    }
+
+    async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
+        let group = self.group(request.into_inner().group)?;
+        group
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ElectReply {}))
+    }
+
+    async fn digest(
+        &self,
+        _request: Request<DigestRequest>,
+    ) -> Result<Response<DigestReply>, Status> {
+        let groups = self
+            .node
+            .groups()
+            .iter()
+            .map(|g| {
+                let (last_applied, (digest, leases)) = g
+                    .engine
+                    .read_with_position(|e| (e.store().digest(), e.store().lease_count() as u64));
+                let (leader, term) = g.leader();
+                GroupDigest {
+                    group: g.id,
+                    last_applied_index: last_applied.map_or(0, |l| l.index),
+                    last_applied_term: last_applied.map_or(0, |l| l.leader_id.term),
+                    state_digest: digest,
+                    leases,
+                    leader_node_id: leader.unwrap_or(0),
+                    term,
+                }
+            })
+            .collect();
+        Ok(Response::new(DigestReply { groups }))
+    }
+
+    async fn propose_meta(
+        &self,
+        request: Request<MetaProposal>,
+    ) -> Result<Response<MetaReply>, Status> {
+        let cmd: MetaCommand = decode(&request.into_inner().command)?;
+        match self.node.apply_meta_here(cmd).await {
+            Ok(None) => Ok(Response::new(MetaReply {
+                leader_node_id: self.node.id,
+                applied: true,
+            })),
+            Ok(Some(leader)) => Ok(Response::new(MetaReply {
+                leader_node_id: leader,
+                applied: false,
+            })),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
