@@ -100,7 +100,7 @@ impl Default for Config {
             }],
             partitions: 16,
             replication_factor: 3,
-            election_timeout_ms: 500,
+            election_timeout_ms: 300,
             heartbeat_interval_ms: 100,
             snapshot_interval_entries: 10_000,
             dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
@@ -347,7 +347,7 @@ pub struct ServeArgs {
     /// Replicas per partition, 1..=7, capped by the member count [default: 3]
     #[arg(long, env = "LEASEHOLD_REPLICATION_FACTOR", value_name = "N")]
     pub replication_factor: Option<u32>,
-    /// Least Raft election timeout (the greatest is 2x), 50..=60000 and >= 3 heartbeats [default: 500]
+    /// Least Raft election timeout (the greatest is 2x), 50..=60000 and >= 3 heartbeats [default: 300]
     #[arg(long, env = "LEASEHOLD_ELECTION_TIMEOUT_MS", value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
     /// Raft heartbeat interval, 10..=10000 [default: 100]
@@ -501,6 +501,18 @@ mod tests {
 
     fn error_of(config: &Config) -> String {
         config.validate().unwrap_err().to_string()
+    }
+
+    /// The commented example under deploy/ states every default truly.
+    #[test]
+    fn deploy_example_is_the_defaults() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/leasehold.toml"
+        ));
+        let file = FileConfig::read(path).expect("deploy/leasehold.toml parses");
+        let config = Config::layer(ServeArgs::default(), file).expect("and validates");
+        assert_eq!(config, Config::default());
     }
 
     #[test]
@@ -687,7 +699,7 @@ mod tests {
         assert_eq!(config.partitions, 8);
         assert_eq!(config.node_id, 2);
         assert_eq!(config.heartbeat_interval_ms, 50);
-        assert_eq!(config.election_timeout_ms, 500);
+        assert_eq!(config.election_timeout_ms, 300);
         assert_eq!(config.members, three_members());
         assert_eq!(config.advertise_addr, "127.0.0.1:7071");
         assert_eq!(config.grpc_addr, Config::default().grpc_addr);

@@ -98,7 +98,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 /// Logs to stderr at `info`, or as `RUST_LOG` says.
 fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
