@@ -1,0 +1,691 @@
+//! A real cluster for integration tests: `leasehold serve` processes on
+//! loopback ports, each with its own data directory and log file.
+//!
+//! Nodes are named by their node id (1, 2, 3, ...). Every wait polls with a
+//! deadline; nothing sleeps to synchronise. When a test panics, dropping the
+//! `Cluster` kills every node and prints the tail of each node's log.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use leasehold::partition::partition_of;
+use leasehold::proto::peer::peer_client::PeerClient;
+use leasehold::proto::peer::{DigestRequest, GroupDigest};
+use leasehold::proto::v1::leasehold_client::LeaseholdClient;
+use leasehold::proto::v1::{GetPartitionMapRequest, PartitionMap};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// The metadata group's id in Peer.Digest; every other group is a partition.
+pub const META_GROUP: u32 = u32::MAX;
+
+/// How long a node may take to report `/ready` after it was (re)started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long replicas may take to apply the same log once writes stop.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline of one RPC from a test client.
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Deadline of one HTTP request or Digest poll.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause between two polls of the same condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Set to keep every node's directory (data and full log) after a test;
+/// they are always kept after a failure.
+const KEEP_DIRS_ENV: &str = "LEASEHOLD_TEST_KEEP_DIRS";
+
+/// Lines of each node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// Per group (partition id), that group's digest: one node's Digest reply.
+pub type NodeDigests = BTreeMap<u32, GroupDigest>;
+
+/// Per node id, its digests.
+pub type ClusterDigests = BTreeMap<u64, NodeDigests>;
+
+/// The flags every node of a cluster shares. Raft timing left unset takes
+/// the server's defaults, which are what its failover promise is made for.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub nodes: u64,
+    pub partitions: u32,
+    pub election_timeout_ms: Option<u64>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub snapshot_interval_entries: Option<u64>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nodes: 3,
+            partitions: 4,
+            election_timeout_ms: None,
+            heartbeat_interval_ms: None,
+            snapshot_interval_entries: None,
+        }
+    }
+}
+
+/// One `leasehold serve` process and what it keeps across restarts.
+struct Node {
+    id: u64,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    /// Holds `data/` (the node's data dir) and `node.log` (stdout and
+    /// stderr of every run, appended).
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+}
+
+/// A running (or partly crashed) cluster; dropping it kills every node.
+pub struct Cluster {
+    config: ClusterConfig,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts every node and waits until each reports ready.
+    pub async fn start(config: ClusterConfig) -> Cluster {
+        let mut cluster = Cluster::spawn(config);
+        for id in cluster.ids() {
+            cluster.wait_ready(id, READY_TIMEOUT).await;
+        }
+        cluster
+    }
+
+    /// Starts every node without waiting for readiness.
+    fn spawn(config: ClusterConfig) -> Cluster {
+        let ports = free_ports(2 * config.nodes as usize);
+        let nodes = (1..=config.nodes)
+            .zip(ports.chunks(2))
+            .map(|(id, pair)| Node {
+                id,
+                grpc_addr: pair[0],
+                http_addr: pair[1],
+                dir: tempfile::Builder::new()
+                    .prefix(&format!("leasehold-node{id}-"))
+                    .tempdir()
+                    .expect("a temp dir for a node"),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { config, nodes };
+        for id in cluster.ids() {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Nodes whose process was started and not killed or seen to exit.
+    pub fn live(&self) -> Vec<u64> {
+        let live = self.nodes.iter().filter(|n| n.child.is_some());
+        live.map(|n| n.id).collect()
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.config.partitions
+    }
+
+    pub fn grpc_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).grpc_addr
+    }
+
+    /// The `serve` flags of node `id`, the same on every (re)start.
+    fn serve_args(&self, id: u64) -> Vec<String> {
+        let node = self.node(id);
+        let members = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc_addr));
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--grpc-addr".into(),
+            node.grpc_addr.to_string(),
+            "--http-addr".into(),
+            node.http_addr.to_string(),
+            "--data-dir".into(),
+            node.data_dir().display().to_string(),
+            "--members".into(),
+            members.collect::<Vec<_>>().join(","),
+            "--partitions".into(),
+            self.config.partitions.to_string(),
+            "--replication-factor".into(),
+            "3".into(),
+        ];
+        let optional = [
+            ("--election-timeout-ms", self.config.election_timeout_ms),
+            ("--heartbeat-interval-ms", self.config.heartbeat_interval_ms),
+            (
+                "--snapshot-interval-entries",
+                self.config.snapshot_interval_entries,
+            ),
+        ];
+        for (flag, value) in optional {
+            if let Some(value) = value {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        args
+    }
+
+    /// (Re)starts node `id` with its flags and data dir.
+    pub fn restart(&mut self, id: u64) {
+        let args = self.serve_args(id);
+        self.mark(&format!("starting node {id}"));
+        let node = self.node_mut(id);
+        assert!(
+            node.child.is_none(),
+            "node {id} must be stopped before a restart"
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())
+            .expect("the node's log file opens");
+        let child = leasehold_command()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file handle clones"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("node {id}: expected `leasehold serve` to spawn: {e}"));
+        node.child = Some(child);
+    }
+
+    /// Crashes node `id` (SIGKILL) and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let mut child = self.take_child(id);
+        self.mark(&format!("SIGKILL node {id}"));
+        child.kill().expect("SIGKILL reaches the node");
+        child.wait().expect("the killed node is reaped");
+    }
+
+    /// Asks node `id` to stop gracefully (SIGTERM). See [`Cluster::wait_exit`].
+    pub fn terminate(&mut self, id: u64) {
+        let pid = self.node(id).child.as_ref().expect("node is running").id();
+        self.mark(&format!("SIGTERM node {id}"));
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("`kill` runs");
+        assert!(status.success(), "expected `kill -TERM {pid}` to succeed");
+    }
+
+    /// Waits until node `id` exits and returns its status; panics when it
+    /// is still running after `timeout`.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.node_mut(id).child.as_mut().expect("node is running");
+            if let Some(status) = child.try_wait().expect("the node's status is readable") {
+                self.node_mut(id).child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected node {id} to exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls node `id`'s `GET /ready` until it answers 200. Panics if the
+    /// process exits or `timeout` passes first.
+    pub async fn wait_ready(&mut self, id: u64, timeout: Duration) {
+        let addr = self.node(id).http_addr;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running(id);
+            let last = match http_get(addr, "/ready").await {
+                Ok((200, _)) => return,
+                Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
+                Err(e) => format!("request failed: {e}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "expected node {id} to answer 200 on /ready within {timeout:?}; last: {last}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A client of node `id`'s public API, each call limited to 3 s.
+    pub fn client(&self, id: u64) -> LeaseholdClient<Channel> {
+        self.client_with_timeout(id, RPC_TIMEOUT)
+    }
+
+    /// A client of node `id`'s public API, each call limited to `timeout`.
+    pub fn client_with_timeout(&self, id: u64, timeout: Duration) -> LeaseholdClient<Channel> {
+        LeaseholdClient::new(self.channel(id, timeout))
+    }
+
+    /// A client of node `id`'s node-to-node API.
+    pub fn peer(&self, id: u64) -> PeerClient<Channel> {
+        PeerClient::new(self.channel(id, PROBE_TIMEOUT))
+    }
+
+    /// Node `id`'s `GET /metrics` body (Prometheus text).
+    pub async fn metrics(&self, id: u64) -> String {
+        match http_get(self.node(id).http_addr, "/metrics").await {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                panic!("expected /metrics of node {id} to answer 200, got {status}: {body}")
+            }
+            Err(e) => panic!("expected /metrics of node {id} to answer: {e}"),
+        }
+    }
+
+    /// Node `id`'s partition map.
+    pub async fn partition_map(&self, id: u64) -> PartitionMap {
+        let reply = self
+            .client(id)
+            .get_partition_map(GetPartitionMapRequest {})
+            .await;
+        let map = reply
+            .unwrap_or_else(|s| panic!("expected GetPartitionMap on node {id} to succeed: {s}"))
+            .into_inner();
+        assert_eq!(
+            map.partition_count,
+            self.partitions(),
+            "expected node {id}'s map to have the cluster's partition count"
+        );
+        map
+    }
+
+    /// The leader of `scope`'s partition, once every live node names the
+    /// same one (polls up to [`READY_TIMEOUT`]).
+    pub async fn leader_of(&self, scope: &str) -> u64 {
+        let partition = partition_of(scope, self.partitions());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut views = BTreeMap::new();
+            for id in self.live() {
+                let map = self.partition_map(id).await;
+                let p = map.partitions.iter().find(|p| p.partition_id == partition);
+                let p = p.unwrap_or_else(|| {
+                    panic!("expected node {id}'s map to list partition {partition}")
+                });
+                views.insert(id, p.leader_node_id);
+            }
+            let first = *views.values().next().expect("at least one live node");
+            if first != 0 && views.values().all(|&l| l == first) {
+                return first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected live nodes to agree on the leader of partition {partition}; views: {views:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Node `id`'s Peer.Digest, by group.
+    pub async fn digests(&self, id: u64) -> Result<NodeDigests, Status> {
+        let reply = self.peer(id).digest(DigestRequest {}).await?.into_inner();
+        Ok(reply.groups.into_iter().map(|g| (g.group, g)).collect())
+    }
+
+    /// Polls Peer.Digest on every live node until every partition group is
+    /// at the same last applied index on all of them, twice in a row (so a
+    /// digest read mid-apply cannot pass), and returns the last poll.
+    pub async fn wait_digests_converge(&self, timeout: Duration) -> ClusterDigests {
+        let deadline = Instant::now() + timeout;
+        let mut previous: Option<BTreeMap<u32, Vec<u64>>> = None;
+        loop {
+            let mut all = ClusterDigests::new();
+            let mut failure = None;
+            for id in self.live() {
+                match self.digests(id).await {
+                    Ok(d) => {
+                        all.insert(id, d);
+                    }
+                    Err(s) => failure = Some(format!("Digest on node {id} failed: {s}")),
+                }
+            }
+            let positions = failure.is_none().then(|| self.applied_positions(&all));
+            let converged = positions.as_ref().is_some_and(|p| {
+                p.values()
+                    .all(|idx| idx.len() == all.len() && idx.iter().all(|&i| i == idx[0]))
+            });
+            if converged && positions == previous {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected every partition's last_applied_index to converge on nodes {:?} within \
+                 {timeout:?}; last poll: {}",
+                self.live(),
+                failure.unwrap_or_else(|| describe_digests(&all))
+            );
+            previous = if converged { positions } else { None };
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Per partition, the last applied index reported by each node that
+    /// hosts it (in node order).
+    fn applied_positions(&self, all: &ClusterDigests) -> BTreeMap<u32, Vec<u64>> {
+        let mut positions: BTreeMap<u32, Vec<u64>> =
+            (0..self.partitions()).map(|p| (p, Vec::new())).collect();
+        for digests in all.values() {
+            for (group, d) in digests.iter().filter(|(g, _)| **g != META_GROUP) {
+                positions
+                    .entry(*group)
+                    .or_default()
+                    .push(d.last_applied_index);
+            }
+        }
+        positions
+    }
+
+    /// The last lines of every node's log.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = read_lossy(&node.log_path());
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            out.push_str(&format!(
+                "----- node {} ({}) last {} lines -----\n{}\n",
+                node.id,
+                node.log_path().display(),
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Writes a line naming a harness event, with wall-clock time, into
+    /// every node's log, so that logs read against the test's steps.
+    fn mark(&self, event: &str) {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        for node in &self.nodes {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(node.log_path());
+            if let Ok(mut log) = log {
+                // Best effort: a missing marker only makes a log harder to read.
+                let _ = writeln!(log, "===== harness: {event} at unix {unix_ms} ms =====");
+            }
+        }
+    }
+
+    fn channel(&self, id: u64, timeout: Duration) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.grpc_addr(id)))
+            .expect("a valid endpoint URI")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(timeout)
+            .connect_lazy()
+    }
+
+    fn assert_running(&mut self, id: u64) {
+        let child = self.node_mut(id).child.as_mut();
+        let child = child.unwrap_or_else(|| panic!("expected node {id} to be running"));
+        if let Some(status) = child.try_wait().expect("the node's status is readable") {
+            self.node_mut(id).child = None;
+            panic!("expected node {id} to keep running, but it exited with {status}");
+        }
+    }
+
+    fn take_child(&mut self, id: u64) -> Child {
+        let child = self.node_mut(id).child.take();
+        child.unwrap_or_else(|| panic!("expected node {id} to be running"))
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        let node = self.nodes.iter().find(|n| n.id == id);
+        node.unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        let node = self.nodes.iter_mut().find(|n| n.id == id);
+        node.unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // Already gone is fine: the test may have crashed it.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() || std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            // Keep every node's directory: the full logs tell more than tails.
+            for node in &mut self.nodes {
+                node.dir.disable_cleanup(true);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+        }
+    }
+}
+
+/// `leasehold` with the environment a test node runs in.
+pub fn leasehold_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    // Only the flags a test passes configure a node.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LEASEHOLD_") {
+            command.env_remove(name);
+        }
+    }
+    // Log files are read, not watched in a terminal.
+    command.env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    command
+}
+
+/// Calls `call` until it returns something other than a transient error
+/// (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN from the transport),
+/// for at most `timeout`. Only for idempotent calls: a retry must carry
+/// the same idempotency key.
+pub async fn retry_transient<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut call: F,
+) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match call().await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(s) if is_transient(&s) && Instant::now() < deadline => {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            Err(s) if is_transient(&s) => {
+                panic!("expected {what} to succeed within {timeout:?}; last error: {s}")
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// An error after which the same call may succeed: no leader yet, a leader
+/// gone, a connection lost.
+pub fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+/// Sum of every sample of the Prometheus metric `name`, over all labels.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = if let Some(labelled) = rest.strip_prefix('{') {
+                &labelled[labelled.find('}')? + 1..]
+            } else {
+                rest
+            };
+            rest.starts_with(' ')
+                .then(|| rest.split_whitespace().next())?
+        })
+        .map(|v| {
+            v.parse::<f64>()
+                .unwrap_or_else(|e| panic!("metric {name}: bad value {v}: {e}"))
+        })
+        .sum()
+}
+
+/// Asserts that every partition has the same state digest and last applied
+/// position on every node.
+pub fn assert_same_state(all: &ClusterDigests, partitions: u32) {
+    for group in 0..partitions {
+        let per_node: Vec<(u64, Option<&GroupDigest>)> =
+            all.iter().map(|(id, d)| (*id, d.get(&group))).collect();
+        let reference = per_node[0].1;
+        let same = per_node.iter().all(|(_, d)| {
+            d.zip(reference).is_some_and(|(d, r)| {
+                (d.state_digest, d.last_applied_index, d.last_applied_term)
+                    == (r.state_digest, r.last_applied_index, r.last_applied_term)
+            })
+        });
+        assert!(
+            same,
+            "expected partition {group} to have one state digest and applied position on every \
+             node; got {}",
+            describe_digests(all)
+        );
+    }
+}
+
+/// One line per node and group: applied position, digest, leases, leader.
+pub fn describe_digests(all: &ClusterDigests) -> String {
+    let mut out = String::new();
+    for (id, digests) in all {
+        for d in digests.values() {
+            out.push_str(&format!(
+                "\n  node {id} group {}: applied {}/{} digest {:#018x} leases {} leader {} term {}",
+                d.group,
+                d.last_applied_term,
+                d.last_applied_index,
+                d.state_digest,
+                d.leases,
+                d.leader_node_id,
+                d.term
+            ));
+        }
+    }
+    out
+}
+
+/// `n` distinct loopback ports that were free a moment ago. All listeners
+/// are held until every port is chosen, so none is handed out twice.
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound listener has an address"))
+        .collect()
+}
+
+/// A bare HTTP/1.1 GET: (status, body). Limited to one second.
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_http_response(&raw)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other(format!("GET {path} timed out"))))
+}
+
+fn parse_http_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::other(format!("malformed HTTP response: {what}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body).ok_or_else(|| bad("broken chunked body"))?
+    } else {
+        body.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+/// Reads a whole file written by a child process; a missing file reads as
+/// a note saying so.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// A log file for a child process's output.
+pub fn create_log(path: &Path) -> File {
+    File::create(path).expect("a log file in the temp dir")
+}
