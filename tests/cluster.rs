@@ -73,42 +73,15 @@ async fn forwarding_and_limits_across_nodes() {
     for id in [1, 2] {
         let what = format!("limited acquire through node {id}");
         let reply = call(&what, cluster.client(id).acquire(limited(id))).await;
-        assert_served(&reply.served_by, partition, leader, &what);
+        assert_served(reply.served_by.as_ref(), partition, leader, &what);
         let grant = expect_grant(&reply, &what);
         tokens.push(grant.fencing_token);
         held.push(grant.clone());
     }
     let what = "third acquire of a limit-2 key, through node 3";
     let reply = call(what, cluster.client(3).acquire(limited(3))).await;
-    assert_served(&reply.served_by, partition, leader, what);
-    let denial = expect_denial(&reply, what);
-    assert_eq!(
-        denial.blocking.len(),
-        1,
-        "expected exactly the limit-2 key to block: {denial:?}"
-    );
-    let blocking = &denial.blocking[0];
-    assert_eq!(
-        blocking.kind,
-        ConstraintKind::Concurrency as i32,
-        "expected the blocking key to be a concurrency key: {blocking:?}"
-    );
-    assert_eq!(
-        blocking.key, "limited",
-        "expected the blocking key to be `limited`: {blocking:?}"
-    );
-    assert_eq!(
-        (blocking.used, blocking.limit, blocking.available),
-        (2, 2, 0),
-        "expected used=2 limit=2 available=0: {blocking:?}"
-    );
-    let retry_after_ms = denial
-        .retry_after_ms
-        .expect("expected a retry_after_ms on a denial that time alone resolves");
-    assert!(
-        retry_after_ms <= 30_000 && blocking.retry_after_ms.is_some(),
-        "expected retry_after_ms at most the holders' 30 s ttl, on the denial and its blocking key: {denial:?}"
-    );
+    assert_served(reply.served_by.as_ref(), partition, leader, what);
+    assert_full_concurrency_key(expect_denial(&reply, what), "limited", 2, 30_000);
 
     // Release through another node than the acquire: capacity is back.
     let what = "release through node 3 of a lease acquired through node 1";
@@ -172,11 +145,7 @@ async fn leader_kill_fails_over_within_two_seconds() {
     let inspect = inspect_concurrency(&mut cluster.client(survivors[0]), scope, "held").await;
     assert_eq!(
         inspect.holders,
-        vec![Holder {
-            lease_id: grant.lease_id,
-            units: 1,
-            expires_at_ms: grant.expires_at_ms
-        }],
+        vec![holder_of(&grant)],
         "expected the lease granted before the crash to survive with its original expiry"
     );
 
@@ -208,18 +177,7 @@ async fn restart_from_disk_keeps_acknowledged_state() {
     let mut cluster = Cluster::start(ClusterConfig::default()).await;
     let ids = cluster.ids();
     let scopes: Vec<String> = (0..6).map(|i| format!("restart-{i}")).collect();
-    let mut long = Vec::new();
-    for (i, scope) in scopes.iter().enumerate() {
-        let request = acquire(
-            scope,
-            vec![concurrency("long", 10)],
-            600_000,
-            &format!("long-{i}"),
-        );
-        let what = format!("long acquire in {scope}");
-        let reply = call(&what, cluster.client(ids[i % 3]).acquire(request.clone())).await;
-        long.push((request, expect_grant(&reply, &what).clone()));
-    }
+    let long = acquire_in_each(&cluster, &scopes, "long", 600_000).await;
     let set_capacity = SetCapacityRequest {
         scope: scopes[0].clone(),
         key: "sem".into(),
@@ -237,41 +195,17 @@ async fn restart_from_disk_keeps_acknowledged_state() {
         "expected a first SetCapacity to set 7"
     );
     // Short leases last: they must still be live when the cluster crashes,
-    // so that their scavenging happens after the restart.
-    for (i, scope) in scopes.iter().enumerate() {
-        let request = acquire(
-            scope,
-            vec![concurrency("short", 10)],
-            1_500,
-            &format!("short-{i}"),
-        );
-        let what = format!("short acquire in {scope}");
-        expect_grant(
-            &call(&what, cluster.client(ids[i % 3]).acquire(request)).await,
-            &what,
-        );
-    }
+    // so that they are scavenged after the restart, by the new leaders.
+    acquire_in_each(&cluster, &scopes, "short", 1_500).await;
 
-    for &id in &ids {
-        cluster.kill(id);
-    }
-    for &id in &ids {
-        cluster.restart(id);
-    }
-    for &id in &ids {
-        cluster.wait_ready(id, READY_TIMEOUT).await;
-    }
+    cluster.crash_and_restart_all().await;
 
     for (i, (request, grant)) in long.iter().enumerate() {
         let inspect =
             inspect_concurrency(&mut cluster.client(ids[i % 3]), &request.scope, "long").await;
         assert_eq!(
             inspect.holders,
-            vec![Holder {
-                lease_id: grant.lease_id,
-                units: 1,
-                expires_at_ms: grant.expires_at_ms
-            }],
+            vec![holder_of(grant)],
             "expected the long lease in {} to survive a full-cluster crash with its expiry",
             request.scope
         );
@@ -285,9 +219,9 @@ async fn restart_from_disk_keeps_acknowledged_state() {
         )
         .await;
         assert!(reply.replayed, "expected {what} to be a replay");
+        let lease_id = expect_grant(&reply, &what).lease_id;
         assert_eq!(
-            expect_grant(&reply, &what).lease_id,
-            grant.lease_id,
+            lease_id, grant.lease_id,
             "expected {what} to return the same lease"
         );
     }
@@ -302,36 +236,12 @@ async fn restart_from_disk_keeps_acknowledged_state() {
         "expected the SetCapacity replay after restart to say replayed, capacity 7"
     );
 
-    // The short leases expire; the scavenger drops their records.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut counts = BTreeMap::new();
-        for &id in &ids {
-            let digests = cluster.digests(id).await;
-            let digests =
-                digests.unwrap_or_else(|s| panic!("expected Digest on node {id} to answer: {s}"));
-            let leases: u64 = digests
-                .values()
-                .filter(|d| d.group != META_GROUP)
-                .map(|d| d.leases)
-                .sum();
-            counts.insert(id, leases);
-        }
-        if counts.values().all(|&n| n == long.len() as u64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected every node's lease records to drop to the {} long leases once the 1.5 s ones expired; got {counts:?}",
-            long.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_lease_records(&cluster, long.len() as u64, Duration::from_secs(10)).await;
     let mut leaders = BTreeSet::new();
+    let mut scavenged = 0.0;
     for scope in &scopes {
         leaders.insert(cluster.leader_of(scope).await);
     }
-    let mut scavenged = 0.0;
     for &id in &leaders {
         scavenged += metric_sum(
             &cluster.metrics(id).await,
@@ -340,7 +250,7 @@ async fn restart_from_disk_keeps_acknowledged_state() {
     }
     assert!(
         scavenged > 0.0,
-        "expected leasehold_scavenged_leases_total > 0 on the leaders {leaders:?}"
+        "expected leasehold_scavenged_leases_total > 0 on the leaders {leaders:?} after the short leases expired"
     );
 }
 
@@ -476,11 +386,7 @@ async fn sigterm_hands_leadership_over() {
     let inspect = inspect_concurrency(&mut cluster.client(survivor), scope, "held").await;
     assert_eq!(
         inspect.holders,
-        vec![Holder {
-            lease_id: grant.lease_id,
-            units: 1,
-            expires_at_ms: grant.expires_at_ms
-        }],
+        vec![holder_of(&grant)],
         "expected the lease granted before the handover to remain"
     );
 }
@@ -860,6 +766,95 @@ async fn send(client: &LeaseholdClient<Channel>, call: &Call) -> Result<Reply, S
 
 // ----- helpers -----
 
+/// One lease on concurrency key `key` (limit 10) in each scope, through
+/// nodes in turn; returns each request with its grant.
+async fn acquire_in_each(
+    cluster: &Cluster,
+    scopes: &[String],
+    key: &str,
+    lease_ttl_ms: u64,
+) -> Vec<(AcquireRequest, Grant)> {
+    let ids = cluster.ids();
+    let mut leases = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        let request = acquire(
+            scope,
+            vec![concurrency(key, 10)],
+            lease_ttl_ms,
+            &format!("{key}-{i}"),
+        );
+        let what = format!("acquire of {key} in {scope}");
+        let reply = call(
+            &what,
+            cluster.client(ids[i % ids.len()]).acquire(request.clone()),
+        )
+        .await;
+        leases.push((request, expect_grant(&reply, &what).clone()));
+    }
+    leases
+}
+
+/// Polls Peer.Digest until every node holds exactly `expected` lease
+/// records over all partitions.
+async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut counts = BTreeMap::new();
+        for id in cluster.ids() {
+            let digests = cluster.digests(id).await;
+            let digests =
+                digests.unwrap_or_else(|s| panic!("expected Digest on node {id} to answer: {s}"));
+            let partitions = digests.values().filter(|d| d.group != META_GROUP);
+            counts.insert(id, partitions.map(|d| d.leases).sum::<u64>());
+        }
+        if counts.values().all(|&n| n == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected every node's lease records to drop to the {expected} long leases once the \
+             1.5 s ones expired (the scavenger), within {timeout:?}; got {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Inspect holder entry of a one-unit grant.
+fn holder_of(grant: &Grant) -> Holder {
+    Holder {
+        lease_id: grant.lease_id,
+        units: 1,
+        expires_at_ms: grant.expires_at_ms,
+    }
+}
+
+/// Asserts that the denial is by concurrency key `key` alone, full at
+/// `limit`, and says when a holder (ttl at most `ttl_ms`) expires.
+fn assert_full_concurrency_key(denial: &Denial, key: &str, limit: u64, ttl_ms: u64) {
+    assert_eq!(
+        denial.blocking.len(),
+        1,
+        "expected exactly key {key} to block: {denial:?}"
+    );
+    let blocking = &denial.blocking[0];
+    assert_eq!(
+        (blocking.kind, blocking.key.as_str()),
+        (ConstraintKind::Concurrency as i32, key),
+        "expected the blocking key to be concurrency key {key}: {blocking:?}"
+    );
+    assert_eq!(
+        (blocking.used, blocking.limit, blocking.available),
+        (limit, limit, 0),
+        "expected used={limit} limit={limit} available=0: {blocking:?}"
+    );
+    let retry_after_ms = denial.retry_after_ms;
+    assert!(
+        retry_after_ms.is_some_and(|ms| ms <= ttl_ms) && blocking.retry_after_ms == retry_after_ms,
+        "expected retry_after_ms at most the holders' {ttl_ms} ms ttl, on the denial and its \
+         blocking key alike: {denial:?}"
+    );
+}
+
 /// Acquires, extends and releases one lease through `client` (node `id`),
 /// checking that `leader` of `partition` served each call; returns the
 /// grant's fencing token.
@@ -877,7 +872,7 @@ async fn acquire_extend_release(
         &format!("pool-{id}"),
     );
     let reply = call(&what, client.acquire(request)).await;
-    assert_served(&reply.served_by, partition, leader, &what);
+    assert_served(reply.served_by.as_ref(), partition, leader, &what);
     assert!(
         !reply.replayed,
         "expected a first {what} not to be a replay"
@@ -887,7 +882,7 @@ async fn acquire_extend_release(
     let what = format!("extend through node {id}");
     let request = extend(scope, grant.lease_id, 60_000, &format!("pool-extend-{id}"));
     let extended = call(&what, client.extend(request)).await;
-    assert_served(&extended.served_by, partition, leader, &what);
+    assert_served(extended.served_by.as_ref(), partition, leader, &what);
     assert_eq!(
         extended.lease_id, grant.lease_id,
         "expected {what} to name the lease"
@@ -902,7 +897,7 @@ async fn acquire_extend_release(
     let what = format!("release through node {id}");
     let request = release(scope, grant.lease_id, &format!("pool-release-{id}"));
     let released = call(&what, client.release(request)).await;
-    assert_served(&released.served_by, partition, leader, &what);
+    assert_served(released.served_by.as_ref(), partition, leader, &what);
     assert!(released.was_held, "expected {what} to find the lease held");
     grant.fencing_token
 }
@@ -1075,10 +1070,8 @@ async fn call<T>(
     }
 }
 
-fn assert_served(served_by: &Option<ServedBy>, partition: u32, leader: u64, what: &str) {
-    let served_by = served_by
-        .as_ref()
-        .unwrap_or_else(|| panic!("expected served_by on {what}"));
+fn assert_served(served_by: Option<&ServedBy>, partition: u32, leader: u64, what: &str) {
+    let served_by = served_by.unwrap_or_else(|| panic!("expected served_by on {what}"));
     assert_eq!(
         (served_by.partition_id, served_by.leader_node_id),
         (partition, leader),

@@ -6,9 +6,10 @@
 //! `Cluster` kills every node and prints the tail of each node's log.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::Write;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -229,6 +230,20 @@ impl Cluster {
         child.wait().expect("the killed node is reaped");
     }
 
+    /// Crashes every node at once, restarts them all from their data dirs
+    /// and waits until each is ready.
+    pub async fn crash_and_restart_all(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+        for id in self.ids() {
+            self.restart(id);
+        }
+        for id in self.ids() {
+            self.wait_ready(id, READY_TIMEOUT).await;
+        }
+    }
+
     /// Asks node `id` to stop gracefully (SIGTERM). See [`Cluster::wait_exit`].
     pub fn terminate(&mut self, id: u64) {
         let pid = self.node(id).child.as_ref().expect("node is running").id();
@@ -414,13 +429,14 @@ impl Cluster {
             let text = read_lossy(&node.log_path());
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-            out.push_str(&format!(
-                "----- node {} ({}) last {} lines -----\n{}\n",
+            let _ = writeln!(
+                out,
+                "----- node {} ({}) last {} lines -----\n{}",
                 node.id,
                 node.log_path().display(),
                 tail.len(),
                 tail.join("\n")
-            ));
+            );
         }
         out
     }
@@ -599,7 +615,8 @@ pub fn describe_digests(all: &ClusterDigests) -> String {
     let mut out = String::new();
     for (id, digests) in all {
         for d in digests.values() {
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "\n  node {id} group {}: applied {}/{} digest {:#018x} leases {} leader {} term {}",
                 d.group,
                 d.last_applied_term,
@@ -608,7 +625,7 @@ pub fn describe_digests(all: &ClusterDigests) -> String {
                 d.leases,
                 d.leader_node_id,
                 d.term
-            ));
+            );
         }
     }
     out
