@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -23,6 +25,9 @@ use crate::raft::{GroupId, NodeId, TypeConfig};
 
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The pause before retrying a peer that could not be reached.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One lazily connected channel per peer, shared by every group and by
 /// request forwarding. Channels reconnect by themselves after a failure.
@@ -105,10 +110,17 @@ impl GroupNetwork {
             payload,
         });
         request.set_timeout(option.hard_ttl());
-        let reply = client
-            .raft(request)
-            .await
-            .map_err(|status| network_error(format!("{}: {}", status.code(), status.message())))?;
+        let reply = client.raft(request).await.map_err(|status| {
+            let reason = format!("{}: {}", status.code(), status.message());
+            // A peer that cannot be reached at all (down, refusing
+            // connections) is retried with openraft's back-off instead of
+            // at once; anything else may be transient and is retried now.
+            if status.code() == tonic::Code::Unavailable {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(reason)))
+            } else {
+                network_error(reason)
+            }
+        })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             postcard::from_bytes(&reply.into_inner().payload)
                 .map_err(|e| network_error(format!("decoding a raft reply: {e}")))?;
@@ -143,5 +155,11 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.call(RaftKind::Vote, &rpc, &option).await
+    }
+
+    /// Between attempts to reach an unreachable peer: short enough that a
+    /// restarted replica is caught up quickly, long enough not to spin.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
     }
 }
