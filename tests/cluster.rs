@@ -391,6 +391,52 @@ async fn sigterm_hands_leadership_over() {
     );
 }
 
+/// A fresh cluster whose third member never comes up still elects a
+/// leader for every partition, including those meant to be led by the
+/// missing node; the member catches up when it finally starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_cluster_starts_with_a_member_missing() {
+    let config = ClusterConfig::default();
+    let partitions = config.partitions;
+    let mut cluster = Cluster::start_without(config, &[3]).await;
+
+    // One scope per partition, each granted through node 1.
+    let mut scopes = Vec::new();
+    for n in 0.. {
+        if scopes.len() == partitions as usize {
+            break;
+        }
+        let scope = format!("acct-missing-{n}");
+        let partition = partition_of(&scope, partitions);
+        if scopes.iter().any(|(p, _)| *p == partition) {
+            continue;
+        }
+        let what = format!("acquire in partition {partition} with node 3 never started");
+        let request = acquire(&scope, vec![concurrency("jobs", 1)], 60_000, "first");
+        let reply = call(&what, cluster.client(1).acquire(request)).await;
+        let served_by = reply.served_by.expect("served_by on a grant");
+        assert_ne!(
+            served_by.leader_node_id, 3,
+            "expected a live leader for {what}"
+        );
+        expect_grant(&reply, &what);
+        scopes.push((partition, scope));
+    }
+
+    cluster.restart(3);
+    cluster.wait_ready(3, Duration::from_secs(10)).await;
+    let digests = cluster.wait_digests_converge(Duration::from_secs(10)).await;
+    assert_same_state(&digests, partitions);
+    for (partition, scope) in &scopes {
+        let inspect = inspect_concurrency(&mut cluster.client(3), scope, "jobs").await;
+        assert_eq!(
+            inspect.holders.len(),
+            1,
+            "expected node 3 to see the lease granted in partition {partition} before it started"
+        );
+    }
+}
+
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");

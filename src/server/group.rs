@@ -20,7 +20,7 @@ use crate::raft::{
 
 /// Batches proposed but not yet answered, per partition. While all are in
 /// flight, commands queue and the next entry carries all of them.
-const MAX_IN_FLIGHT_BATCHES: usize = 8;
+const MAX_IN_FLIGHT_BATCHES: usize = 2;
 
 /// Queued client commands per partition before callers wait to enqueue.
 const PROPOSAL_QUEUE: usize = 65_536;
@@ -91,19 +91,20 @@ impl Group {
         let raft = Raft::new(options.node_id, Arc::clone(&options.raft), network, log, sm)
             .await
             .map_err(|e| ServerError::Raft(format!("group {id}: {e}")))?;
-        if !raft
+        let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?
-        {
-            let nodes: BTreeMap<NodeId, BasicNode> = members
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr)))
-                .collect();
-            match raft.initialize(nodes).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(ServerError::Raft(format!("group {id}: initialize: {e}"))),
-            }
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let preferred = members.len() <= 1 || preferred_leader == options.node_id;
+        // Initialising starts an election at once, so on a fresh group only
+        // the preferred leader does it; the others learn the membership
+        // from its first append, or initialise themselves if none comes.
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if !initialized && preferred {
+            initialize(&raft, id, nodes.clone()).await?;
         }
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
         let group = Arc::new(Group {
@@ -113,11 +114,18 @@ impl Group {
             proposals: tx,
         });
         tokio::spawn(propose_loop(group.raft.clone(), rx, options.max_batch));
-        if members.len() > 1 && preferred_leader != options.node_id {
+        if !preferred {
             group.raft.runtime_config().elect(false);
             let g = Arc::clone(&group);
             tokio::spawn(async move {
-                g.wait_for_leader(PREFERRED_LEADER_WAIT).await;
+                if g.wait_for_leader(PREFERRED_LEADER_WAIT).await.is_none() {
+                    let fresh = !g.raft.is_initialized().await.unwrap_or(true);
+                    if fresh {
+                        if let Err(e) = initialize(&g.raft, g.id, nodes).await {
+                            tracing::warn!(group = g.id, error = %e, "initialize");
+                        }
+                    }
+                }
                 g.raft.runtime_config().elect(true);
             });
         }
@@ -226,6 +234,19 @@ impl Group {
                 Err(ProposeError::NotLeader(_)) => {}
             }
         }
+    }
+}
+
+/// Gives a fresh group its first membership; a group that already has
+/// one (from another member's append) is left as it is.
+async fn initialize(
+    raft: &Raft<TypeConfig>,
+    id: GroupId,
+    nodes: BTreeMap<NodeId, BasicNode>,
+) -> Result<(), ServerError> {
+    match raft.initialize(nodes).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ServerError::Raft(format!("group {id}: initialize: {e}"))),
     }
 }
 

@@ -117,8 +117,32 @@ impl Cluster {
         cluster
     }
 
+    /// Starts every node but `absent` (they can be started later with
+    /// [`Cluster::restart`]) and waits until each started one is ready.
+    pub async fn start_without(config: ClusterConfig, absent: &[u64]) -> Cluster {
+        let mut cluster = Cluster::prepare(config);
+        for id in cluster.ids() {
+            if !absent.contains(&id) {
+                cluster.restart(id);
+            }
+        }
+        for id in cluster.live() {
+            cluster.wait_ready(id, READY_TIMEOUT).await;
+        }
+        cluster
+    }
+
     /// Starts every node without waiting for readiness.
     fn spawn(config: ClusterConfig) -> Cluster {
+        let mut cluster = Cluster::prepare(config);
+        for id in cluster.ids() {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    /// Allocates every node's ports and directory; starts none.
+    fn prepare(config: ClusterConfig) -> Cluster {
         let ports = free_ports(2 * config.nodes as usize);
         let nodes = (1..=config.nodes)
             .zip(ports.chunks(2))
@@ -133,11 +157,7 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { config, nodes };
-        for id in cluster.ids() {
-            cluster.restart(id);
-        }
-        cluster
+        Cluster { config, nodes }
     }
 
     pub fn ids(&self) -> Vec<u64> {
