@@ -437,6 +437,84 @@ async fn fresh_cluster_starts_with_a_member_missing() {
     }
 }
 
+/// What grpcurl and load balancers rely on: the standard health service
+/// reports the API as serving, and reflection lists and describes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_describe_the_api() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let cluster = Cluster::start(ClusterConfig {
+        nodes: 1,
+        ..ClusterConfig::default()
+    })
+    .await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc_addr(1)))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("the node accepts connections");
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "leasehold.v1.Leasehold".into(),
+        })
+        .await
+        .expect("the health service answers")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        ServingStatus::Serving as i32,
+        "expected leasehold.v1.Leasehold to be SERVING once the node is ready"
+    );
+
+    let ask = |message| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
+    let requests = tokio_stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "leasehold.v1.Leasehold".into(),
+        )),
+    ]);
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(requests)
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let listed = answers
+        .message()
+        .await
+        .expect("a listing")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("expected a service listing, got {listed:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"leasehold.v1.Leasehold") && names.contains(&"grpc.health.v1.Health"),
+        "expected reflection to list the API and health services, got {names:?}"
+    );
+    let file = answers
+        .message()
+        .await
+        .expect("a file")
+        .expect("one answer");
+    let Some(MessageResponse::FileDescriptorResponse(fds)) = file.message_response else {
+        panic!("expected the file describing leasehold.v1.Leasehold, got {file:?}");
+    };
+    assert!(
+        !fds.file_descriptor_proto.is_empty(),
+        "expected at least one file descriptor for leasehold.v1.Leasehold"
+    );
+}
+
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");

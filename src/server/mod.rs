@@ -100,15 +100,23 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tokio::spawn(gauges(Arc::clone(&node), prometheus));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Both reflection versions: grpcurl and other tools of either age work.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(PeerServer::new(peer::PeerService::new(Arc::clone(&node))))
         .add_service(LeaseholdServer::new(api::Api::new(Arc::clone(&node))))
         .serve_with_incoming_shutdown(tokio_stream_listener(grpc), async {
