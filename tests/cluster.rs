@@ -515,6 +515,63 @@ async fn health_and_reflection_describe_the_api() {
     );
 }
 
+/// A client that routed by a newer partition map than a node has gets
+/// WRONG_EPOCH from it; the current epoch, or none, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_client_epoch_gets_wrong_epoch() {
+    let cluster = Cluster::start(ClusterConfig {
+        nodes: 1,
+        ..ClusterConfig::default()
+    })
+    .await;
+    let epoch = cluster.partition_map(1).await.epoch;
+    let with_epoch = |epoch: String, key: &str| {
+        let mut request = tonic::Request::new(acquire(
+            "acct-epoch",
+            vec![concurrency("jobs", 5)],
+            30_000,
+            key,
+        ));
+        request
+            .metadata_mut()
+            .insert("leasehold-epoch", epoch.parse().expect("ascii metadata"));
+        request
+    };
+
+    let reply = call(
+        "an acquire routed by the current epoch",
+        cluster
+            .client(1)
+            .acquire(with_epoch(epoch.to_string(), "current")),
+    )
+    .await;
+    expect_grant(&reply, "an acquire routed by the current epoch");
+    assert_eq!(reply.served_by.map(|s| s.epoch), Some(epoch));
+
+    let status = cluster
+        .client(1)
+        .acquire(with_epoch((epoch + 1).to_string(), "newer"))
+        .await
+        .expect_err("expected a call routed by a newer map to be refused");
+    let detail = error_detail(&status).expect("an ErrorDetail");
+    assert_eq!(
+        (status.code(), detail.code.as_str(), detail.epoch),
+        (tonic::Code::Unavailable, "WRONG_EPOCH", epoch),
+        "expected UNAVAILABLE/WRONG_EPOCH naming the node's epoch, got {status:?}"
+    );
+
+    let status = cluster
+        .client(1)
+        .acquire(with_epoch("soon".into(), "garbled"))
+        .await
+        .expect_err("expected a malformed epoch to be refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("leasehold-epoch"),
+        "expected the error to name the leasehold-epoch key, got {status:?}"
+    );
+}
+
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");

@@ -28,6 +28,10 @@ use crate::raft::{GroupId, NodeId, PartitionMap};
 /// NOT_LEADER with a hint instead, so views that disagree cannot loop.
 const HOPS_HEADER: &str = "leasehold-hops";
 
+/// Metadata key a client may set to the epoch of the partition map it
+/// routed by.
+pub const EPOCH_HEADER: &str = "leasehold-epoch";
+
 /// How long a call may wait for its partition to have a reachable leader,
 /// unless the caller's own deadline is shorter.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +138,11 @@ impl Api {
             ));
         }
         let hops = hops(request.metadata());
+        if let Some(epoch) = client_epoch(request.metadata())? {
+            if epoch > map.epoch {
+                return Err(wrong_epoch(epoch, map.epoch));
+            }
+        }
         let deadline = Instant::now()
             + grpc_timeout(request.metadata())
                 .unwrap_or(ROUTE_TIMEOUT)
@@ -276,6 +285,40 @@ async fn timeout<T>(limit: Duration, f: impl Future<Output = T>) -> Result<T, St
              have applied: retry it with the same idempotency key",
         )
     })
+}
+
+/// The partition map epoch the client routed by (`leasehold-epoch`), if
+/// it sent one.
+fn client_epoch(metadata: &MetadataMap) -> Result<Option<u64>, Status> {
+    let Some(value) = metadata.get(EPOCH_HEADER) else {
+        return Ok(None);
+    };
+    let parsed = value.to_str().ok().and_then(|v| v.parse().ok());
+    parsed.map(Some).ok_or_else(|| {
+        Status::from(EngineError::invalid(
+            EPOCH_HEADER,
+            "must be a decimal partition map epoch (0 to 2^64-1)",
+        ))
+    })
+}
+
+/// The client routed by a newer map than this node has: this node cannot
+/// tell where the scope's partition lives now.
+fn wrong_epoch(client: u64, ours: u64) -> Status {
+    let detail = v1::ErrorDetail {
+        code: "WRONG_EPOCH".into(),
+        field: EPOCH_HEADER.into(),
+        epoch: ours,
+        ..Default::default()
+    };
+    error_status(
+        Code::Unavailable,
+        format!(
+            "this node's partition map (epoch {ours}) is older than the caller's (epoch \
+             {client}); send the call to another node"
+        ),
+        &detail,
+    )
 }
 
 fn hops(metadata: &MetadataMap) -> u32 {
