@@ -20,9 +20,13 @@
 //! - [`server`]: a node of the replicated service: Raft groups per
 //!   partition plus the metadata group, the gRPC API with forwarding, the
 //!   peer transport, metrics and graceful shutdown.
+//! - [`client`]: the Rust client: partition-map routing, retries across
+//!   leader changes with the same idempotency key, lease handles with
+//!   keep-alive and release on drop.
 //! - [`config`]: the server's configuration from flags, environment and a
 //!   TOML file, validated.
 
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod engine;

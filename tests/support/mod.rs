@@ -4,6 +4,9 @@
 //! Nodes are named by their node id (1, 2, 3, ...). Every wait polls with a
 //! deadline; nothing sleeps to synchronise. When a test panics, dropping the
 //! `Cluster` kills every node and prints the tail of each node's log.
+//!
+//! Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,0 +1,420 @@
+//! The Rust client: routes every call straight to its partition's leader
+//! by the cached partition map, and hides leader changes.
+//!
+//! - Bootstraps from any seed node, caches the partition map, hashes the
+//!   scope with the documented function ([`crate::partition`]) and sends the
+//!   call to the partition's leader.
+//! - On `NOT_LEADER`, `WRONG_EPOCH` or a lost connection it learns the new
+//!   leader (from the error's hint, or by refreshing the map) and retries
+//!   with the *same* idempotency key, with jittered backoff, until the
+//!   call's deadline. A leader change shows only as latency.
+//! - Generates idempotency keys when the caller gives none.
+//! - One HTTP/2 channel per node, shared by every call; at most
+//!   [`ClientConfig::max_in_flight`] calls at once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tonic::Status> {
+//! use std::time::Duration;
+//! use leasehold::client::{Acquire, Acquired, Client, ClientConfig};
+//!
+//! let client = Client::connect(ClientConfig::new(["127.0.0.1:7070", "127.0.0.1:7071"])).await?;
+//! let request = Acquire::new("account-42")
+//!     .concurrency("jobs", 10)
+//!     .throttle("api", 100, 1_000, 10)
+//!     .ttl(Duration::from_secs(30));
+//! match client.acquire(request).await? {
+//!     Acquired::Granted(lease) => {
+//!         let (lease, mut lost) = lease.keep_alive(0.5);
+//!         // ... work, passing lease.fencing_token() to the protected resource ...
+//!         # let _ = &mut lost;
+//!         lease.release().await?;
+//!     }
+//!     Acquired::Denied(denial) => {
+//!         println!("retry in {:?} ms", denial.retry_after_ms);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod lease;
+mod route;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+pub use lease::{Lease, LeaseLost};
+use route::Router;
+
+use crate::proto::v1::{self, constraint};
+
+/// How the client talks to the cluster.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port` of any nodes; one reachable seed is enough.
+    pub seeds: Vec<String>,
+    /// Deadline of one call, retries included.
+    pub call_timeout: Duration,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Calls in flight at once; more wait for a slot.
+    pub max_in_flight: usize,
+    /// How much sooner than `sent_at + ttl` a lease counts as expired on
+    /// the client's clock, as a fraction of the ttl, to cover the rate
+    /// difference between client and server clocks.
+    pub drift_fraction: f64,
+    /// Added to the drift margin, for scheduling delays.
+    pub drift_floor: Duration,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            call_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            max_in_flight: 1024,
+            drift_fraction: 0.01,
+            drift_floor: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A cloneable handle; clones share connections and the partition map.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    router: Router,
+    in_flight: Semaphore,
+    /// For idempotency keys and backoff jitter.
+    seq: AtomicU64,
+    instance: u64,
+}
+
+/// The outcome of an acquire: a lease, or the denial with every blocking
+/// constraint and when to come back.
+#[derive(Debug)]
+pub enum Acquired {
+    Granted(Lease),
+    Denied(v1::Denial),
+}
+
+/// An acquire request, built up constraint by constraint.
+#[derive(Clone, Debug)]
+pub struct Acquire {
+    request: v1::AcquireRequest,
+}
+
+impl Acquire {
+    /// Amount 1, ttl 30 s, a generated idempotency key, no constraints yet.
+    pub fn new(scope: impl Into<String>) -> Acquire {
+        Acquire {
+            request: v1::AcquireRequest {
+                scope: scope.into(),
+                constraints: Vec::new(),
+                amount: 1,
+                min_amount: None,
+                lease_ttl_ms: 30_000,
+                max_lifetime_ms: None,
+                idempotency_key: String::new(),
+            },
+        }
+    }
+
+    fn with(mut self, kind: constraint::Kind) -> Acquire {
+        self.request
+            .constraints
+            .push(v1::Constraint { kind: Some(kind) });
+        self
+    }
+
+    pub fn concurrency(self, key: impl Into<String>, limit: u32) -> Acquire {
+        self.with(constraint::Kind::Concurrency(v1::Concurrency {
+            key: key.into(),
+            limit,
+        }))
+    }
+
+    pub fn throttle(
+        self,
+        key: impl Into<String>,
+        limit: u32,
+        period_ms: u64,
+        burst: u32,
+    ) -> Acquire {
+        self.with(constraint::Kind::Throttle(v1::Throttle {
+            key: key.into(),
+            limit,
+            period_ms,
+            burst,
+        }))
+    }
+
+    pub fn rate_limit(self, key: impl Into<String>, limit: u32, period_ms: u64) -> Acquire {
+        self.with(constraint::Kind::RateLimit(v1::RateLimit {
+            key: key.into(),
+            limit,
+            period_ms,
+        }))
+    }
+
+    pub fn semaphore(self, key: impl Into<String>, weight: u32) -> Acquire {
+        self.with(constraint::Kind::Semaphore(v1::Semaphore {
+            key: key.into(),
+            weight,
+        }))
+    }
+
+    pub fn amount(mut self, amount: u32) -> Acquire {
+        self.request.amount = amount;
+        self
+    }
+
+    /// Accept any amount from `min_amount` up to `amount`.
+    pub fn min_amount(mut self, min_amount: u32) -> Acquire {
+        self.request.min_amount = Some(min_amount);
+        self
+    }
+
+    pub fn ttl(mut self, ttl: Duration) -> Acquire {
+        self.request.lease_ttl_ms = duration_ms(ttl);
+        self
+    }
+
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Acquire {
+        self.request.max_lifetime_ms = Some(duration_ms(max_lifetime));
+        self
+    }
+
+    /// The caller's own key, to make a retry across processes idempotent.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Acquire {
+        self.request.idempotency_key = key.into();
+        self
+    }
+
+    /// The request as it will be sent (idempotency key still empty if
+    /// the client is to generate it).
+    pub fn request(&self) -> &v1::AcquireRequest {
+        &self.request
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Client {
+    /// Connects to the cluster: fetches the partition map from the first
+    /// seed that answers.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Status> {
+        if config.seeds.is_empty() {
+            return Err(Status::invalid_argument(
+                "seeds: at least one node address is needed",
+            ));
+        }
+        let instance = instance_id();
+        let client = Client {
+            inner: Arc::new(Inner {
+                router: Router::new(config.seeds.clone(), config.attempt_timeout),
+                in_flight: Semaphore::new(config.max_in_flight.max(1)),
+                seq: AtomicU64::new(0),
+                instance,
+                config,
+            }),
+        };
+        client.inner.router.refresh().await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A fresh idempotency key, unique to this client instance.
+    pub fn new_idempotency_key(&self) -> String {
+        let n = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.inner.instance)
+    }
+
+    fn key_or_new(&self, key: &mut String) {
+        if key.is_empty() {
+            *key = self.new_idempotency_key();
+        }
+    }
+
+    /// Leases the request's constraints, or says why not.
+    pub async fn acquire(&self, acquire: Acquire) -> Result<Acquired, Status> {
+        let mut request = acquire.request;
+        self.key_or_new(&mut request.idempotency_key);
+        let ttl = Duration::from_millis(request.lease_ttl_ms);
+        let sent_at = Instant::now();
+        let reply = self
+            .call(
+                &request.scope.clone(),
+                request.clone(),
+                |mut c, r| async move { c.acquire(r).await },
+            )
+            .await?;
+        match reply.result {
+            Some(v1::acquire_response::Result::Granted(grant)) => Ok(Acquired::Granted(
+                Lease::new(self.clone(), request.scope, grant, sent_at, ttl),
+            )),
+            Some(v1::acquire_response::Result::Denied(denial)) => Ok(Acquired::Denied(denial)),
+            None => Err(Status::internal(
+                "the server answered Acquire with no result",
+            )),
+        }
+    }
+
+    /// Extends a lease by its id; [`Lease::extend`] is the usual way.
+    pub async fn extend(
+        &self,
+        mut request: v1::ExtendRequest,
+    ) -> Result<v1::ExtendResponse, Status> {
+        self.key_or_new(&mut request.idempotency_key);
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.extend(r).await
+        })
+        .await
+    }
+
+    /// Releases a lease by its id; [`Lease::release`] is the usual way.
+    pub async fn release(
+        &self,
+        mut request: v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
+        self.key_or_new(&mut request.idempotency_key);
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.release(r).await
+        })
+        .await
+    }
+
+    pub async fn check(&self, request: v1::CheckRequest) -> Result<v1::CheckResponse, Status> {
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.check(r).await
+        })
+        .await
+    }
+
+    pub async fn inspect(
+        &self,
+        request: v1::InspectRequest,
+    ) -> Result<v1::InspectResponse, Status> {
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.inspect(r).await
+        })
+        .await
+    }
+
+    pub async fn set_capacity(
+        &self,
+        mut request: v1::SetCapacityRequest,
+    ) -> Result<v1::CapacityResponse, Status> {
+        self.key_or_new(&mut request.idempotency_key);
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.set_capacity(r).await
+        })
+        .await
+    }
+
+    pub async fn adjust_capacity(
+        &self,
+        mut request: v1::AdjustCapacityRequest,
+    ) -> Result<v1::CapacityResponse, Status> {
+        self.key_or_new(&mut request.idempotency_key);
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.adjust_capacity(r).await
+        })
+        .await
+    }
+
+    /// The partition map as last fetched.
+    pub async fn partition_map(&self) -> Result<v1::PartitionMap, Status> {
+        self.inner.router.refresh().await
+    }
+
+    /// Sends `request` to the leader of `scope`'s partition, retrying
+    /// routing failures with the same request until the call's deadline.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        scope: &str,
+        request: Req,
+        send: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        Resp: route::Served,
+        F: Fn(
+            crate::proto::v1::leasehold_client::LeaseholdClient<tonic::transport::Channel>,
+            tonic::Request<Req>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let _slot = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Status::cancelled("the client is closed"))?;
+        let deadline = Instant::now() + self.inner.config.call_timeout;
+        let mut attempt = 0u32;
+        loop {
+            let jitter = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+            match self
+                .inner
+                .router
+                .attempt(scope, request.clone(), &send, deadline)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(route::Failure::Final(status)) => return Err(status),
+                Err(route::Failure::Retry(status)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Status::deadline_exceeded(format!(
+                            "no leader answered within {:?}; last error: {}",
+                            self.inner.config.call_timeout,
+                            status.message()
+                        )));
+                    }
+                    attempt += 1;
+                    let pause = backoff(attempt, jitter).min(deadline - now);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential from 5 ms to 200 ms, with up to 50% jitter; the first
+/// retry after a leader hint goes at once.
+fn backoff(attempt: u32, noise: u64) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let base = 5u64 << (attempt - 2).min(5);
+    let base = base.min(200);
+    let mixed = xxhash_rust::xxh3::xxh3_64(&noise.to_le_bytes());
+    Duration::from_millis(base / 2 + mixed % (base / 2 + 1))
+}
+
+/// Distinguishes this client instance's generated keys from every other's.
+fn instance_id() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(&now.to_le_bytes());
+    bytes.extend_from_slice(&std::process::id().to_le_bytes());
+    let local = 0u8;
+    bytes.extend_from_slice(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
