@@ -6,6 +6,12 @@
 //! Applied time advances one millisecond every 100 cycles and the scavenger
 //! (`Expire`) runs every millisecond with a 1 s dedup window, so the dedup
 //! table stays at its steady-state size instead of growing with the run.
+//!
+//! Wall-clock figures are noisy on a shared machine; instruction counts are
+//! not. `LEASEHOLD_BENCH_CYCLES=N` runs N cycles of `hot_key` or `1m_keys`
+//! (`LEASEHOLD_BENCH_CASE`) after a warm-up to steady state, outside
+//! criterion, so `valgrind --tool=callgrind --toggle-collect='engine::measured'`
+//! counts the cycles alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -213,7 +219,55 @@ fn report_memory() {
     );
 }
 
+/// The cycles callgrind counts. Returns the cycle count, so the compiler
+/// cannot fold it into [`warm_up`].
+#[inline(never)]
+fn measured(d: &mut Driver, commands: &[(Command, Command)]) -> u64 {
+    for (acquire, release) in commands {
+        d.cycle(acquire, release);
+    }
+    d.cycle
+}
+
+/// Warms up past the dedup window, then runs `cycles` cycles for callgrind.
+fn run_cycles(case: &str, cycles: u64) {
+    let keys: Vec<String> = (0..1_000_000).map(|i| format!("fn-{i}")).collect();
+    let key = |c: u64| match case {
+        "hot_key" => "hot",
+        "1m_keys" => keys[(c.wrapping_mul(2_654_435_761) % 1_000_000) as usize].as_str(),
+        other => panic!("unknown case {other}"),
+    };
+    let mut d = Driver::new(1_000);
+    let warmup = 1_200 * CYCLES_PER_MS;
+    let batch: Vec<_> = (0..warmup).map(|c| d.prepare(key(c))).collect();
+    warm_up(&mut d, &batch);
+    let batch: Vec<_> = (warmup..warmup + cycles)
+        .map(|c| d.prepare(key(c)))
+        .collect();
+    let end = measured(&mut d, &batch);
+    println!(
+        "{case}: {cycles} cycles to {end}, {} dedup records",
+        d.engine.store().dedup_count()
+    );
+}
+
+/// The cycles callgrind skips: the same work as [`measured`], under another name.
+#[inline(never)]
+fn warm_up(d: &mut Driver, commands: &[(Command, Command)]) {
+    for (acquire, release) in commands {
+        d.cycle(acquire, release);
+    }
+}
+
 fn main() {
+    if let Some(cycles) = std::env::var("LEASEHOLD_BENCH_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        let case = std::env::var("LEASEHOLD_BENCH_CASE").unwrap_or_else(|_| "hot_key".into());
+        run_cycles(&case, cycles);
+        return;
+    }
     report_memory();
     let mut c = Criterion::default().configure_from_args();
     bench_cycles(&mut c);
