@@ -2,12 +2,10 @@
 //! before it can touch state. Errors name the field as the proto spells it
 //! and the bound that was crossed.
 
-use std::collections::HashMap;
-
 use super::error::EngineError;
 use super::types::{
-    AcquireRequest, AdjustCapacityRequest, Command, Constraint, ExtendRequest, Kind,
-    ReleaseRequest, SetCapacityRequest,
+    AcquireRequest, AdjustCapacityRequest, Command, Constraint, ExtendRequest, ReleaseRequest,
+    SetCapacityRequest,
 };
 use crate::limits::*;
 
@@ -25,24 +23,32 @@ pub fn command(cmd: &Command) -> Result {
 }
 
 fn bytes(field: &str, value: &str, max: usize) -> Result {
+    bytes_ok(value, max).map_err(|reason| EngineError::invalid(field, reason))
+}
+
+/// Why `value` is not 1 to `max` bytes long, if it is not. Field names are
+/// built only for an error: valid requests format nothing.
+fn bytes_ok(value: &str, max: usize) -> std::result::Result<(), String> {
     if value.is_empty() {
-        return Err(EngineError::invalid(field, "must not be empty"));
+        return Err("must not be empty".to_string());
     }
     if value.len() > max {
-        return Err(EngineError::invalid(
-            field,
-            format!("is {} bytes, more than the maximum {max}", value.len()),
+        return Err(format!(
+            "is {} bytes, more than the maximum {max}",
+            value.len()
         ));
     }
     Ok(())
 }
 
 fn range(field: &str, value: u64, min: u64, max: u64) -> Result {
+    range_ok(value, min, max).map_err(|reason| EngineError::invalid(field, reason))
+}
+
+/// Why `value` is outside `[min, max]`, if it is.
+fn range_ok(value: u64, min: u64, max: u64) -> std::result::Result<(), String> {
     if value < min || value > max {
-        return Err(EngineError::invalid(
-            field,
-            format!("{value} is outside [{min}, {max}]"),
-        ));
+        return Err(format!("{value} is outside [{min}, {max}]"));
     }
     Ok(())
 }
@@ -102,10 +108,13 @@ pub fn demand(
             ),
         ));
     }
-    let mut seen: HashMap<&str, (usize, Kind)> = HashMap::new();
     for (i, c) in constraints.iter().enumerate() {
         constraint(i, c, min_amount)?;
-        if let Some((first, kind)) = seen.insert(c.key(), (i, c.kind())) {
+        // At most 16 constraints: a scan beats hashing. The latest earlier
+        // use of the key is the one named.
+        let earlier = constraints[..i].iter().enumerate().rev();
+        if let Some((first, other)) = earlier.into_iter().find(|(_, o)| o.key() == c.key()) {
+            let kind = other.kind();
             let reason = if kind == c.kind() {
                 format!("repeats the key of constraints[{first}]")
             } else {
@@ -127,7 +136,9 @@ pub fn demand(
 /// Checks one constraint, including that its limit can ever admit `min_amount`.
 fn constraint(i: usize, c: &Constraint, min_amount: u32) -> Result {
     let field = |name: &str| format!("constraints[{i}].{}.{name}", c.kind().as_str());
-    bytes(&field("key"), c.key(), KEY_BYTES_MAX)?;
+    let invalid =
+        |name: &'static str| move |reason: String| EngineError::invalid(field(name), reason);
+    bytes_ok(c.key(), KEY_BYTES_MAX).map_err(invalid("key"))?;
     let never = |name: &str, bound: u64| {
         Err(EngineError::invalid(
             field(name),
@@ -136,7 +147,7 @@ fn constraint(i: usize, c: &Constraint, min_amount: u32) -> Result {
     };
     match *c {
         Constraint::Concurrency { limit, .. } => {
-            range(&field("limit"), limit.into(), 1, LIMIT_MAX.into())?;
+            range_ok(limit.into(), 1, LIMIT_MAX.into()).map_err(invalid("limit"))?;
             if limit < min_amount {
                 return never("limit", limit.into());
             }
@@ -147,9 +158,9 @@ fn constraint(i: usize, c: &Constraint, min_amount: u32) -> Result {
             burst,
             ..
         } => {
-            range(&field("limit"), limit.into(), 1, LIMIT_MAX.into())?;
-            range(&field("period_ms"), period_ms, PERIOD_MS_MIN, PERIOD_MS_MAX)?;
-            range(&field("burst"), burst.into(), 0, BURST_MAX.into())?;
+            range_ok(limit.into(), 1, LIMIT_MAX.into()).map_err(invalid("limit"))?;
+            range_ok(period_ms, PERIOD_MS_MIN, PERIOD_MS_MAX).map_err(invalid("period_ms"))?;
+            range_ok(burst.into(), 0, BURST_MAX.into()).map_err(invalid("burst"))?;
             if u64::from(burst) + 1 < u64::from(min_amount) {
                 return never("burst", u64::from(burst) + 1);
             }
@@ -157,14 +168,14 @@ fn constraint(i: usize, c: &Constraint, min_amount: u32) -> Result {
         Constraint::RateLimit {
             limit, period_ms, ..
         } => {
-            range(&field("limit"), limit.into(), 1, LIMIT_MAX.into())?;
-            range(&field("period_ms"), period_ms, PERIOD_MS_MIN, PERIOD_MS_MAX)?;
+            range_ok(limit.into(), 1, LIMIT_MAX.into()).map_err(invalid("limit"))?;
+            range_ok(period_ms, PERIOD_MS_MIN, PERIOD_MS_MAX).map_err(invalid("period_ms"))?;
             if limit < min_amount {
                 return never("limit", limit.into());
             }
         }
         Constraint::Semaphore { weight, .. } => {
-            range(&field("weight"), weight.into(), 1, WEIGHT_MAX.into())?;
+            range_ok(weight.into(), 1, WEIGHT_MAX.into()).map_err(invalid("weight"))?;
         }
     }
     Ok(())
