@@ -1,5 +1,8 @@
 //! The `leasehold` binary: `serve` runs one node, `cluster` runs a local
-//! cluster of `serve` child processes for development.
+//! cluster of `serve` child processes for development, and the client
+//! subcommands ([`cli`]) let an operator acquire, inspect and survey.
+
+mod cli;
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -21,7 +24,8 @@ const EXIT_CONFIG: u8 = 2;
 #[command(
     name = "leasehold",
     version,
-    about = "Replicated flow control: capacity leases over Raft"
+    about = "Replicated flow control: capacity leases over Raft",
+    after_help = cli::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +38,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a local cluster of `serve` processes on 127.0.0.1, for development
     Cluster(ClusterArgs),
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 #[derive(Args)]
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Cluster(args) => cluster(args),
+        Command::Client(command) => cli::run(command),
     }
 }
 

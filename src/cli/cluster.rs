@@ -1,0 +1,245 @@
+//! `partitions` and `status`: the cluster as its partition map and its
+//! nodes' own views (Peer.Digest) describe it.
+
+use std::time::Duration;
+
+use clap::Args;
+use leasehold::proto::peer::peer_client::PeerClient;
+use leasehold::proto::peer::{DigestRequest, GroupDigest};
+use leasehold::proto::v1;
+use serde_json::{json, Value};
+use tonic::transport::Endpoint;
+use tonic::Status;
+
+use super::table::Table;
+use super::{Connect, Report, EXIT_SERVER};
+
+/// The metadata group's id in Peer.Digest; every other group is a partition.
+const META_GROUP: u32 = u32::MAX;
+
+/// Longest wait for a TCP connection to one node in `status`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Args, Debug)]
+pub struct PartitionsArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+pub async fn partitions(args: PartitionsArgs) -> Result<Report, Status> {
+    let client = args.connect.client().await?;
+    Ok(partition_report(&client.partition_map().await?))
+}
+
+fn partition_report(map: &v1::PartitionMap) -> Report {
+    let partitions = map.partitions.iter().map(|p| {
+        json!({
+            "partition_id": p.partition_id,
+            "replica_node_ids": p.replica_node_ids,
+            "leader_node_id": p.leader_node_id,
+            "leader_term": p.leader_term,
+        })
+    });
+    let json = json!({
+        "epoch": map.epoch,
+        "partition_count": map.partition_count,
+        "hash_function": map.hash_function,
+        "partitions": partitions.collect::<Vec<_>>(),
+        "nodes": nodes_json(&map.nodes),
+    });
+    let mut table = Table::new(&["partition", "replicas", "leader", "term"]);
+    for p in &map.partitions {
+        let replicas: Vec<String> = p.replica_node_ids.iter().map(u64::to_string).collect();
+        let leader = match p.leader_node_id {
+            0 => "none (election under way)".to_string(),
+            id => id.to_string(),
+        };
+        table.row(vec![
+            p.partition_id.to_string(),
+            replicas.join(","),
+            leader,
+            p.leader_term.to_string(),
+        ]);
+    }
+    let mut nodes = Table::new(&["node", "address"]);
+    for n in &map.nodes {
+        nodes.row(vec![n.node_id.to_string(), n.grpc_address.clone()]);
+    }
+    let text = format!(
+        "epoch {}, {} partitions, hash {}\n\n{}\n{}",
+        map.epoch,
+        map.partition_count,
+        map.hash_function,
+        table.render(),
+        nodes.render()
+    );
+    Report::ok(json, text)
+}
+
+fn nodes_json(nodes: &[v1::Node]) -> Value {
+    let nodes = nodes
+        .iter()
+        .map(|n| json!({ "node_id": n.node_id, "grpc_address": n.grpc_address }));
+    Value::Array(nodes.collect())
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+/// One node's own view of the groups it hosts, or why there is none.
+struct NodeView {
+    node: v1::Node,
+    digest: Result<Vec<GroupDigest>, Status>,
+}
+
+pub async fn status(args: StatusArgs) -> Result<Report, Status> {
+    let client = args.connect.client().await?;
+    let map = client.partition_map().await?;
+    let mut probes = tokio::task::JoinSet::new();
+    for node in map.nodes.clone() {
+        let timeout = args.connect.timeout();
+        probes.spawn(async move {
+            let digest = digest(&node.grpc_address, timeout).await;
+            NodeView { node, digest }
+        });
+    }
+    let mut views = probes.join_all().await;
+    views.sort_by_key(|v| v.node.node_id);
+    Ok(status_report(map.epoch, &views))
+}
+
+async fn digest(address: &str, timeout: Duration) -> Result<Vec<GroupDigest>, Status> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .connect_lazy();
+    let mut request = tonic::Request::new(DigestRequest {});
+    request.set_timeout(timeout);
+    let reply = PeerClient::new(channel).digest(request).await?;
+    Ok(reply.into_inner().groups)
+}
+
+/// What `status` shows of one node's groups: partitions hosted and led
+/// (the metadata group aside), the highest partition term, and whether
+/// every group it hosts, the metadata group included, knows a leader.
+struct Summary {
+    hosted: usize,
+    leading: usize,
+    max_term: u64,
+    leaders_known: bool,
+}
+
+fn summarise(node_id: u64, groups: &[GroupDigest]) -> Summary {
+    let partitions = groups.iter().filter(|g| g.group != META_GROUP);
+    Summary {
+        hosted: partitions.clone().count(),
+        leading: partitions
+            .clone()
+            .filter(|g| g.leader_node_id == node_id)
+            .count(),
+        max_term: partitions.map(|g| g.term).max().unwrap_or(0),
+        leaders_known: groups.iter().all(|g| g.leader_node_id != 0),
+    }
+}
+
+fn status_report(epoch: u64, views: &[NodeView]) -> Report {
+    let mut table = Table::new(&[
+        "node",
+        "address",
+        "state",
+        "partitions",
+        "leading",
+        "max term",
+        "leaders known",
+    ]);
+    let mut nodes = Vec::new();
+    for view in views {
+        let (id, address) = (view.node.node_id, &view.node.grpc_address);
+        let mut row = vec![id.to_string(), address.clone()];
+        match &view.digest {
+            Ok(groups) => {
+                let s = summarise(id, groups);
+                row.extend([
+                    "reachable".into(),
+                    s.hosted.to_string(),
+                    s.leading.to_string(),
+                    s.max_term.to_string(),
+                    if s.leaders_known { "yes" } else { "NO" }.into(),
+                ]);
+                nodes.push(json!({
+                    "node_id": id, "grpc_address": address, "reachable": true,
+                    "partitions_hosted": s.hosted, "partitions_led": s.leading,
+                    "max_term": s.max_term, "all_leaders_known": s.leaders_known,
+                }));
+            }
+            Err(status) => {
+                row.push(format!("UNREACHABLE: {}", status.message()));
+                nodes.push(json!({
+                    "node_id": id, "grpc_address": address, "reachable": false,
+                    "error": status.message(),
+                }));
+            }
+        }
+        table.row(row);
+    }
+    let unreachable = views.iter().filter(|v| v.digest.is_err()).count();
+    let json = json!({ "epoch": epoch, "unreachable": unreachable, "nodes": nodes });
+    let text = format!(
+        "epoch {epoch}, {} nodes, {unreachable} unreachable\n\n{}",
+        views.len(),
+        table.render()
+    );
+    let mut report = Report::ok(json, text);
+    if unreachable > 0 {
+        report.exit = EXIT_SERVER;
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(group: u32, leader_node_id: u64, term: u64) -> GroupDigest {
+        GroupDigest {
+            group,
+            leader_node_id,
+            term,
+            ..GroupDigest::default()
+        }
+    }
+
+    #[test]
+    fn summary_leaves_the_metadata_group_out_of_partition_counts() {
+        let groups = [group(0, 1, 3), group(1, 2, 5), group(META_GROUP, 1, 9)];
+        let s = summarise(1, &groups);
+        assert_eq!((s.hosted, s.leading, s.max_term), (2, 1, 5));
+        assert!(s.leaders_known);
+        assert!(!summarise(1, &[group(0, 0, 1)]).leaders_known);
+    }
+
+    #[test]
+    fn an_unreachable_node_fails_status() {
+        let node = |node_id| v1::Node {
+            node_id,
+            grpc_address: format!("127.0.0.1:{node_id}"),
+        };
+        let views = [
+            NodeView {
+                node: node(1),
+                digest: Ok(vec![group(0, 1, 2)]),
+            },
+            NodeView {
+                node: node(2),
+                digest: Err(Status::unavailable("connection refused")),
+            },
+        ];
+        let report = status_report(4, &views);
+        assert_eq!(report.exit, EXIT_SERVER);
+        assert!(report.text.contains("UNREACHABLE: connection refused"));
+        assert_eq!(report.json["unreachable"], 1);
+    }
+}

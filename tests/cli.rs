@@ -1,0 +1,166 @@
+//! The operator's subcommands (`leasehold acquire`, `inspect`, `status`,
+//! ...) run as a person would run them, against a real three-node cluster:
+//! what they print, in tables and as JSON, and how they exit.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::{leasehold_command, Cluster, ClusterConfig};
+
+/// Runs `leasehold ARGS` against `nodes` and returns what it printed.
+fn run(nodes: &str, args: &[&str]) -> Output {
+    leasehold_command()
+        .args(args)
+        .args(["--nodes", nodes])
+        .output()
+        .expect("the leasehold binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a command that must succeed (exit 0) and returns its stdout.
+fn ok(nodes: &str, args: &[&str]) -> String {
+    let output = run(nodes, args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "leasehold {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn ok_json(nodes: &str, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let text = ok(nodes, &args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_acquires_inspects_releases_and_surveys() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let nodes = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.grpc_addr(id).to_string())
+        .collect::<Vec<_>>();
+    let seeds = nodes.join(",");
+    let acquire = [
+        "acquire",
+        "cli-acct",
+        "--concurrency",
+        "jobs=1",
+        "--ttl-ms",
+        "60000",
+    ];
+
+    // A CLI-acquired lease outlives the command that acquired it.
+    let grant = ok_json(&seeds, &acquire);
+    assert_eq!(grant["result"], "granted", "{grant}");
+    let lease_id = grant["lease_id"].as_u64().expect("a numeric lease id");
+    assert!(lease_id > 0);
+    assert_eq!(grant["usage"][0]["used"], 1);
+
+    let second = run(&seeds, &acquire);
+    assert_eq!(second.status.code(), Some(0), "a denial is not an error");
+    let text = stdout(&second);
+    assert!(text.contains("denied"), "{text}");
+    assert!(text.contains("concurrency  jobs"), "{text}");
+
+    let text = ok(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
+    assert!(text.contains("used 1 of 1"), "{text}");
+    assert!(text.contains(&lease_id.to_string()), "{text}");
+    assert!(text.contains(" UTC"), "{text}");
+    let inspected = ok_json(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
+    assert_eq!(inspected["holders"][0]["lease_id"], lease_id, "{inspected}");
+
+    let check = ok_json(&seeds, &["check", "cli-acct", "--concurrency", "jobs=2"]);
+    assert_eq!(check["grantable_amount"], 1, "{check}");
+
+    let id = lease_id.to_string();
+    let text = ok(&seeds, &["extend", "cli-acct", &id, "--ttl-ms", "30000"]);
+    assert!(text.contains("extended"), "{text}");
+    let text = ok(&seeds, &["release", "cli-acct", &id]);
+    assert!(text.contains("was held"), "{text}");
+    let text = ok(&seeds, &["release", "cli-acct", &id]);
+    assert!(text.contains("was not held"), "{text}");
+    assert!(stdout(&run(&seeds, &acquire)).contains("granted"));
+
+    let capacity = ok_json(&seeds, &["set-capacity", "cli-acct", "gpu", "4"]);
+    assert_eq!(capacity["capacity"], 4);
+    let capacity = ok_json(&seeds, &["adjust-capacity", "cli-acct", "gpu", "-1"]);
+    assert_eq!(capacity["capacity"], 3);
+
+    let text = ok(&seeds, &["partitions"]);
+    assert!(text.contains("hash xxh64-seed0-mod"), "{text}");
+    for partition in 0..cluster.partitions() {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{partition} "))),
+            "{text}"
+        );
+    }
+    for address in &nodes {
+        assert!(text.contains(address.as_str()), "{text}");
+    }
+    let map = ok_json(&seeds, &["partitions"]);
+    assert_eq!(map["partitions"].as_array().map(Vec::len), Some(4));
+    assert_eq!(map["nodes"].as_array().map(Vec::len), Some(3));
+
+    // One seed is enough to find every node.
+    let text = ok(&nodes[0], &["status"]);
+    let reachable_rows = text.lines().filter(|l| l.contains(" reachable ")).count();
+    assert_eq!(reachable_rows, 3, "{text}");
+    assert!(!text.contains("UNREACHABLE"), "{text}");
+    let status = ok_json(&nodes[0], &["status"]);
+    let reachable = status["nodes"].as_array().expect("a node list");
+    assert_eq!(reachable.len(), 3, "{status}");
+    assert!(reachable.iter().all(|n| n["reachable"] == true), "{status}");
+    assert!(
+        reachable.iter().all(|n| n["all_leaders_known"] == true),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_malformed_constraint_is_a_usage_error_naming_its_flag() {
+    let output = run("127.0.0.1:1", &["acquire", "acct", "--concurrency", "jobs"]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(text.contains("--concurrency"), "{text}");
+    assert!(text.contains("KEY=LIMIT"), "{text}");
+
+    let output = run("127.0.0.1:1", &["acquire", "acct"]);
+    assert_eq!(output.status.code(), Some(2), "a constraint is required");
+}
+
+#[test]
+fn an_unreachable_cluster_exits_3() {
+    for args in [&["partitions"][..], &["release", "acct", "1"]] {
+        let output = run("127.0.0.1:1", args);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stderr(&output).starts_with("leasehold: UNAVAILABLE: "));
+    }
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let text = stdout(&leasehold_command().arg("--help").output().expect("runs"));
+    assert!(text.contains("Exit codes:"), "{text}");
+    assert!(text.contains("acquire"), "{text}");
+}
