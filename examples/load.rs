@@ -69,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         lease_ttl_ms: 30_000,
                         max_lifetime_ms: None,
                         idempotency_key: format!("a-{c}-{n}"),
+                        wait_ms: None,
                     })
                     .await;
                 acquire_us.push(t.elapsed().as_micros() as u64);

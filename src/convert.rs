@@ -475,6 +475,7 @@ mod tests {
             lease_ttl_ms: 30_000,
             max_lifetime_ms: Some(600_000),
             idempotency_key: "k1".into(),
+            wait_ms: None,
         }
     }
 

@@ -59,3 +59,10 @@ pub const RATE_LIMIT_SLOTS_PER_PERIOD: u64 = 1_000;
 /// the later one (again only delaying when units leave the window). Reached
 /// only when requests for one key carry periods of very different lengths.
 pub const RATE_LIMIT_ENTRIES_MAX: usize = 2 * RATE_LIMIT_SLOTS_PER_PERIOD as usize + 2;
+
+/// Longest an Acquire may wait on the leader for capacity (5 minutes).
+pub const WAIT_MS_MAX: u64 = 300_000;
+
+/// Acquires parked at once on one node; more are refused with
+/// RESOURCE_EXHAUSTED.
+pub const WAITERS_MAX: usize = 10_000;

@@ -572,6 +572,150 @@ async fn a_newer_client_epoch_gets_wrong_epoch() {
     );
 }
 
+/// Acquires with wait_ms park on the leader instead of being denied, are
+/// granted the moment a release frees capacity, first come first served,
+/// also when they arrive forwarded; one whose wait runs out gets the
+/// ordinary denial; a throttle waiter is admitted at its exact time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_acquires_are_granted_in_arrival_order() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let scope = "acct-waiting";
+    let leader = cluster.leader_of(scope).await;
+    let other = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let waiting = |key: &str, wait_ms: u64| AcquireRequest {
+        wait_ms: Some(wait_ms),
+        ..acquire(scope, vec![concurrency("one", 1)], 60_000, key)
+    };
+
+    let first = call(
+        "the first acquire",
+        cluster
+            .client(leader)
+            .acquire(acquire(scope, vec![concurrency("one", 1)], 60_000, "w0")),
+    )
+    .await;
+    let first = expect_grant(&first, "the first acquire").clone();
+
+    // A arrives first, forwarded through a follower; B second, at the leader.
+    let (a_tx, a_rx) = tokio::sync::oneshot::channel();
+    let mut a_client = cluster.client_with_timeout(other, Duration::from_secs(10));
+    let a_request = waiting("wa", 5_000);
+    tokio::spawn(async move {
+        let reply = a_client.acquire(a_request).await;
+        let _ = a_tx.send((reply, Instant::now()));
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (b_tx, b_rx) = tokio::sync::oneshot::channel();
+    let mut b_client = cluster.client_with_timeout(leader, Duration::from_secs(10));
+    let b_request = waiting("wb", 5_000);
+    tokio::spawn(async move {
+        let reply = b_client.acquire(b_request).await;
+        let _ = b_tx.send((reply, Instant::now()));
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Full: a waiter with a short wait gets the denial when it runs out.
+    let started = Instant::now();
+    let short = call(
+        "a short wait",
+        cluster.client(leader).acquire(waiting("wc", 300)),
+    )
+    .await;
+    let denial = expect_denial(&short, "an acquire whose 300 ms wait runs out");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "expected the denial only after the wait, got it after {:?}",
+        started.elapsed()
+    );
+    assert!(denial.retry_after_ms.is_some(), "expected a retry_after_ms");
+
+    let released_at = Instant::now();
+    call(
+        "release of the first lease",
+        cluster
+            .client(leader)
+            .release(release(scope, first.lease_id, "rw0")),
+    )
+    .await;
+    let (a_reply, a_at) = a_rx.await.expect("waiter A answers");
+    let a_reply = a_reply.expect("waiter A succeeds");
+    let a_grant = expect_grant(a_reply.get_ref(), "waiter A after the release").clone();
+    assert!(
+        a_at - released_at < Duration::from_millis(500),
+        "expected waiter A to be granted promptly after the release, took {:?}",
+        a_at - released_at
+    );
+    // B is still parked behind A's lease.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let inspect = inspect_concurrency(&mut cluster.client(leader), scope, "one").await;
+    assert_eq!(
+        inspect
+            .holders
+            .iter()
+            .map(|h| h.lease_id)
+            .collect::<Vec<_>>(),
+        vec![a_grant.lease_id],
+        "expected only waiter A (first come) to hold the key while B waits"
+    );
+    call(
+        "release of A's lease",
+        cluster
+            .client(leader)
+            .release(release(scope, a_grant.lease_id, "rwa")),
+    )
+    .await;
+    let (b_reply, _) = b_rx.await.expect("waiter B answers");
+    let b_reply = b_reply.expect("waiter B succeeds");
+    expect_grant(b_reply.get_ref(), "waiter B after A's release");
+
+    // A throttle of 1 per second, no burst: the second waits ~1 s.
+    let throttled = |key: &str| AcquireRequest {
+        wait_ms: Some(3_000),
+        ..acquire(
+            scope,
+            vec![Constraint {
+                kind: Some(Kind::Throttle(Throttle {
+                    key: "paced".into(),
+                    limit: 1,
+                    period_ms: 1_000,
+                    burst: 0,
+                })),
+            }],
+            60_000,
+            key,
+        )
+    };
+    let t1 = call(
+        "first throttled",
+        cluster.client(leader).acquire(throttled("t1")),
+    )
+    .await;
+    expect_grant(&t1, "the first throttled acquire");
+    let started = Instant::now();
+    let t2 = call(
+        "second throttled",
+        cluster.client(leader).acquire(throttled("t2")),
+    )
+    .await;
+    expect_grant(&t2, "the second throttled acquire, after waiting");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(1_600),
+        "expected the throttle waiter to be admitted about 1 s later, took {waited:?}"
+    );
+
+    let status = cluster
+        .client(leader)
+        .acquire(waiting("too-long", 300_001))
+        .await
+        .expect_err("expected wait_ms over the bound to be refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("wait_ms") && status.message().contains("300000"),
+        "expected the error to name wait_ms and its bound, got {status:?}"
+    );
+}
+
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -876,6 +1020,7 @@ impl Workload {
             lease_ttl_ms,
             max_lifetime_ms: (self.rng.below(4) == 0).then_some(2 * lease_ttl_ms),
             idempotency_key,
+            wait_ms: None,
         }
     }
 }
@@ -1297,6 +1442,7 @@ fn acquire(
         lease_ttl_ms,
         max_lifetime_ms: None,
         idempotency_key: idempotency_key.into(),
+        wait_ms: None,
     }
 }
 

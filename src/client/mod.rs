@@ -124,6 +124,7 @@ impl Acquire {
                 lease_ttl_ms: 30_000,
                 max_lifetime_ms: None,
                 idempotency_key: String::new(),
+                wait_ms: None,
             },
         }
     }

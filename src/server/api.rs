@@ -7,6 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -17,10 +21,11 @@ use super::group::ProposeError;
 use super::node::Node;
 use crate::convert::{error_status, CheckArgs, InspectArgs};
 use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
+use crate::limits::{WAITERS_MAX, WAIT_MS_MAX};
 use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::leasehold_server::Leasehold;
-use crate::proto::v1::{self, ServedBy};
+use crate::proto::v1::{self, constraint, ServedBy};
 use crate::raft::{GroupId, NodeId, PartitionMap};
 
 /// Metadata key counting how often a call was forwarded. A forwarded call
@@ -47,9 +52,31 @@ trait Call: Clone + Send + Sync + 'static {
     const NAME: &'static str;
     fn scope(&self) -> &str;
     fn forward(client: LeaseholdClient<Channel>, request: Request<Self>) -> Forwarded<Self::Reply>;
+    /// How long the call may wait for capacity on the leader.
+    fn wait(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 macro_rules! call {
+    ($req:ty, $reply:ty, $name:literal, $method:ident, $wait:ident) => {
+        impl Call for $req {
+            type Reply = $reply;
+            const NAME: &'static str = $name;
+            fn scope(&self) -> &str {
+                &self.scope
+            }
+            fn forward(
+                mut client: LeaseholdClient<Channel>,
+                request: Request<Self>,
+            ) -> Forwarded<$reply> {
+                Box::pin(async move { client.$method(request).await })
+            }
+            fn wait(&self) -> Duration {
+                Duration::from_millis(self.$wait.unwrap_or(0))
+            }
+        }
+    };
     ($req:ty, $reply:ty, $name:literal, $method:ident) => {
         impl Call for $req {
             type Reply = $reply;
@@ -67,7 +94,13 @@ macro_rules! call {
     };
 }
 
-call!(v1::AcquireRequest, v1::AcquireResponse, "Acquire", acquire);
+call!(
+    v1::AcquireRequest,
+    v1::AcquireResponse,
+    "Acquire",
+    acquire,
+    wait_ms
+);
 call!(v1::ExtendRequest, v1::ExtendResponse, "Extend", extend);
 call!(v1::ReleaseRequest, v1::ReleaseResponse, "Release", release);
 call!(v1::CheckRequest, v1::CheckResponse, "Check", check);
@@ -98,11 +131,118 @@ enum Exec<R> {
 
 pub struct Api {
     node: Arc<Node>,
+    /// Slots for parked acquires on this node.
+    waiters: Arc<Semaphore>,
+    /// One FIFO turn per first constraint key with waiters.
+    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Api {
     pub fn new(node: Arc<Node>) -> Api {
-        Api { node }
+        Api {
+            node,
+            waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn queue(&self, request: &v1::AcquireRequest) -> (String, Arc<tokio::sync::Mutex<()>>) {
+        let first = request.constraints.first().and_then(|c| c.kind.as_ref());
+        let (kind, key) = match first {
+            Some(constraint::Kind::Concurrency(c)) => ("concurrency", c.key.as_str()),
+            Some(constraint::Kind::Throttle(c)) => ("throttle", c.key.as_str()),
+            Some(constraint::Kind::RateLimit(c)) => ("rate_limit", c.key.as_str()),
+            Some(constraint::Kind::Semaphore(c)) => ("semaphore", c.key.as_str()),
+            None => ("", ""),
+        };
+        let name = format!("{}\0{kind}\0{key}", request.scope);
+        let mut queues = self.queues.lock().expect("waiter queues");
+        let queue = Arc::clone(queues.entry(name.clone()).or_default());
+        (name, queue)
+    }
+
+    fn drop_queue_if_idle(&self, name: &str) {
+        let mut queues = self.queues.lock().expect("waiter queues");
+        if queues.get(name).is_some_and(|q| Arc::strong_count(q) == 1) {
+            queues.remove(name);
+        }
+    }
+
+    /// An acquire that waits for capacity, on the partition's leader: in
+    /// its key's FIFO turn, it retries whenever capacity may have freed (or
+    /// a throttle's admission time comes) until granted or out of time.
+    async fn wait_here(
+        &self,
+        group: Arc<super::group::Group>,
+        epoch: u64,
+        message: v1::AcquireRequest,
+        wait: Duration,
+    ) -> Result<Response<v1::AcquireResponse>, Status> {
+        let Ok(_slot) = Arc::clone(&self.waiters).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this node already holds {WAITERS_MAX} waiting acquires; retry later or \
+                 without wait_ms"
+            )));
+        };
+        metrics::gauge!("leasehold_waiters")
+            .set((WAITERS_MAX - self.waiters.available_permits()) as f64);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut once = message;
+        once.wait_ms = None;
+        let (name, queue) = self.queue(&once);
+        let result = async {
+            let turn = tokio::time::timeout_at(deadline, queue.lock()).await;
+            loop {
+                if !group.is_leader() {
+                    let leader = group.leader().0;
+                    let hint = leader.and_then(|l| group.member_addr(l).map(|a| (l, a)));
+                    return Err(not_leader(group.id, hint, epoch));
+                }
+                let changed = group.capacity_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let reply = self.acquire_once(once.clone()).await?;
+                let retry_after = match &reply.get_ref().result {
+                    Some(v1::acquire_response::Result::Denied(d)) => d.retry_after_ms,
+                    _ => return Ok(reply),
+                };
+                let now = tokio::time::Instant::now();
+                if turn.is_err() || now >= deadline {
+                    return Ok(reply);
+                }
+                let until = retry_after.map_or(deadline, |ms| {
+                    deadline.min(now + Duration::from_millis(ms.max(1)))
+                });
+                tokio::select! {
+                    () = &mut changed => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+        }
+        .await;
+        drop(queue);
+        self.drop_queue_if_idle(&name);
+        metrics::gauge!("leasehold_waiters")
+            .set((WAITERS_MAX - self.waiters.available_permits() - 1) as f64);
+        result
+    }
+
+    async fn acquire_once(
+        &self,
+        message: v1::AcquireRequest,
+    ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.serve(
+            Request::new(message),
+            |r| {
+                let cmd = Command::Acquire(r.clone().try_into()?);
+                Self::write::<v1::AcquireRequest>(cmd, |a| {
+                    count_outcome(&a);
+                    a.try_into()
+                })
+            },
+            |r, s| r.served_by = Some(s),
+        )
+        .await
     }
 
     async fn serve<C: Call>(
@@ -143,10 +283,12 @@ impl Api {
                 return Err(wrong_epoch(epoch, map.epoch));
             }
         }
+        // A waiting acquire may take its wait on top of the routing time.
+        let budget = ROUTE_TIMEOUT + request.get_ref().wait();
         let deadline = Instant::now()
             + grpc_timeout(request.metadata())
-                .unwrap_or(ROUTE_TIMEOUT)
-                .min(ROUTE_TIMEOUT);
+                .unwrap_or(budget)
+                .min(budget);
         let message = request.into_inner();
         // Malformed input fails here, before any routing or proposal.
         let exec = exec(&message).map_err(Status::from)?;
@@ -401,6 +543,28 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
+        let wait_ms = request.get_ref().wait_ms.unwrap_or(0);
+        if wait_ms > WAIT_MS_MAX {
+            return Err(EngineError::invalid(
+                "wait_ms",
+                format!("must be at most {WAIT_MS_MAX}, got {wait_ms}"),
+            )
+            .into());
+        }
+        let map = self.node.partition_map();
+        if wait_ms > 0 && map.is_initialized() {
+            let partition = partition_of(&request.get_ref().scope, map.partition_count);
+            if let Some(group) = self.node.group(partition).filter(|g| g.is_leader()) {
+                let message = request.into_inner();
+                // Malformed input fails before it waits.
+                let cmd = Command::Acquire(message.clone().try_into().map_err(Status::from)?);
+                engine::validate::command(&cmd).map_err(Status::from)?;
+                let wait = Duration::from_millis(wait_ms);
+                return self.wait_here(group, map.epoch, message, wait).await;
+            }
+        }
+        // Not the leader (or no wait): route as usual; a forwarded waiting
+        // acquire waits on the leader.
         self.serve(
             request,
             |r| {

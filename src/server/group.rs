@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use super::clock;
 use super::network::{GroupNetworkFactory, Peers};
@@ -54,6 +54,9 @@ pub struct Group {
     pub raft: Raft<TypeConfig>,
     pub engine: EngineHandle,
     proposals: mpsc::Sender<Proposal>,
+    /// Woken after this node, as leader, applies a command that can free
+    /// capacity (release, expire, capacity change): waiting acquires retry.
+    pub capacity_changed: Arc<Notify>,
 }
 
 pub struct GroupOptions {
@@ -112,8 +115,14 @@ impl Group {
             raft,
             engine,
             proposals: tx,
+            capacity_changed: Arc::new(Notify::new()),
         });
-        tokio::spawn(propose_loop(group.raft.clone(), rx, options.max_batch));
+        tokio::spawn(propose_loop(
+            group.raft.clone(),
+            rx,
+            options.max_batch,
+            Arc::clone(&group.capacity_changed),
+        ));
         if !preferred {
             group.raft.runtime_config().elect(false);
             let g = Arc::clone(&group);
@@ -252,7 +261,12 @@ async fn initialize(
 
 /// Drains the proposal queue into Raft entries: one entry per batch of up
 /// to `max_batch` commands, at most [`MAX_IN_FLIGHT_BATCHES`] in flight.
-async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>, max_batch: usize) {
+async fn propose_loop(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<Proposal>,
+    max_batch: usize,
+    capacity_changed: Arc<Notify>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -267,6 +281,16 @@ async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>, 
         }
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let frees = commands.iter().any(|c| {
+            matches!(
+                c,
+                Command::Release(_)
+                    | Command::Expire { .. }
+                    | Command::SetCapacity(_)
+                    | Command::AdjustCapacity(_)
+            )
+        });
+        let capacity_changed = Arc::clone(&capacity_changed);
         metrics::histogram!("leasehold_batch_commands").record(commands.len() as f64);
         let request = Request::Engine {
             stamp_ms: clock::now_ms(),
@@ -283,7 +307,12 @@ async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Proposal>, 
             let result = responder.await;
             drop(permit);
             match result {
-                Ok(Ok(written)) => answer_each(replies, written.data),
+                Ok(Ok(written)) => {
+                    answer_each(replies, written.data);
+                    if frees {
+                        capacity_changed.notify_waiters();
+                    }
+                }
                 Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
                     answer_all(replies, &Err(ProposeError::NotLeader(f.leader_id)));
                 }
