@@ -7,15 +7,13 @@ use clap::Args;
 use leasehold::proto::peer::peer_client::PeerClient;
 use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1;
+use leasehold::raft::META_GROUP;
 use serde_json::{json, Value};
 use tonic::transport::Endpoint;
 use tonic::Status;
 
 use super::table::Table;
 use super::{Connect, Report, EXIT_SERVER};
-
-/// The metadata group's id in Peer.Digest; every other group is a partition.
-const META_GROUP: u32 = u32::MAX;
 
 /// Longest wait for a TCP connection to one node in `status`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
