@@ -5,7 +5,7 @@
 //! record serializes deterministically: two stores holding the same records
 //! produce the same bytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -177,7 +177,9 @@ pub enum Deadline {
 }
 
 /// Where the engine keeps its records. Implementations must keep deadlines
-/// ordered by `(instant, deadline)`; everything else is point access.
+/// ordered by instant, then kind as `Deadline` orders them (the order of
+/// dedup records at one instant is free: dropping them commutes);
+/// everything else is point access.
 pub trait Store {
     fn meta(&self) -> Meta;
     fn set_meta(&mut self, meta: Meta);
@@ -203,7 +205,7 @@ pub trait Store {
     fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline);
 }
 
-/// The in-memory store: hash maps for point access, an ordered set for
+/// The in-memory store: hash maps for point access, ordered sets for
 /// deadlines. Iteration order never reaches the engine; [`MemStore::encode`]
 /// sorts, so equal stores encode to equal bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -212,8 +214,124 @@ pub struct MemStore {
     keys: HashMap<KeyId, KeyRecord>,
     leases: HashMap<LeaseId, Lease>,
     dedup: HashMap<DedupKey, DedupRecord>,
-    deadlines: BTreeSet<(u64, Deadline)>,
+    deadlines: Deadlines,
 }
+
+/// Deadlines by kind, which together order as `(instant, Deadline)`.
+/// Apart, each set compares small keys instead of enums, and dedup
+/// deadlines — almost always `applied time + a fixed window`, so arriving
+/// in order — queue instead of rebalancing a tree.
+#[derive(Clone, Debug, Default)]
+struct Deadlines {
+    leases: BTreeSet<(u64, LeaseId)>,
+    /// Ordered by instant only: the order of records dropped at one instant
+    /// changes nothing, so it is not part of a store's value (see `eq`).
+    dedup: VecDeque<(u64, DedupKey)>,
+    keys: BTreeSet<(u64, KeyId)>,
+}
+
+impl Deadlines {
+    fn len(&self) -> usize {
+        self.leases.len() + self.dedup.len() + self.keys.len()
+    }
+
+    fn first(&self) -> Option<(u64, Deadline)> {
+        let lease = self
+            .leases
+            .first()
+            .map(|&(at, id)| (at, Deadline::Lease(id)));
+        let dedup = self.dedup.front().map(|&(at, k)| (at, Deadline::Dedup(k)));
+        let key = self.keys.first().map(|&(at, id)| (at, Deadline::Key(id)));
+        // At one instant, leases come first, then dedup records, then keys,
+        // as `Deadline` orders them. `min_by_key` keeps the first of equals.
+        [lease, dedup, key]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+    }
+
+    fn insert(&mut self, at_ms: u64, deadline: Deadline) {
+        match deadline {
+            Deadline::Lease(id) => {
+                self.leases.insert((at_ms, id));
+            }
+            Deadline::Dedup(key) => {
+                // After the last of its instant: usually at the back.
+                let i = self.dedup.partition_point(|(at, _)| *at <= at_ms);
+                if i == self.dedup.len() {
+                    self.dedup.push_back((at_ms, key));
+                } else {
+                    self.dedup.insert(i, (at_ms, key));
+                }
+            }
+            Deadline::Key(id) => {
+                self.keys.insert((at_ms, id));
+            }
+        }
+    }
+
+    fn remove(&mut self, at_ms: u64, deadline: &Deadline) {
+        match *deadline {
+            Deadline::Lease(id) => {
+                self.leases.remove(&(at_ms, id));
+            }
+            Deadline::Dedup(key) => {
+                if self.dedup.front() == Some(&(at_ms, key)) {
+                    self.dedup.pop_front();
+                    return;
+                }
+                let from = self.dedup.partition_point(|(at, _)| *at < at_ms);
+                let found = self
+                    .dedup
+                    .range(from..)
+                    .take_while(|(at, _)| *at == at_ms)
+                    .position(|(_, k)| *k == key);
+                if let Some(i) = found {
+                    self.dedup.remove(from + i);
+                }
+            }
+            Deadline::Key(id) => {
+                self.keys.remove(&(at_ms, id));
+            }
+        }
+    }
+
+    /// Every deadline, ordered by `(instant, deadline)`.
+    fn sorted(&self) -> Vec<(u64, Deadline)> {
+        let mut all: Vec<(u64, Deadline)> = Vec::with_capacity(self.len());
+        all.extend(
+            self.leases
+                .iter()
+                .map(|&(at, id)| (at, Deadline::Lease(id))),
+        );
+        all.extend(self.dedup.iter().map(|&(at, k)| (at, Deadline::Dedup(k))));
+        all.extend(self.keys.iter().map(|&(at, id)| (at, Deadline::Key(id))));
+        all.sort_unstable();
+        all
+    }
+
+    fn from_sorted(all: Vec<(u64, Deadline)>) -> Self {
+        let mut d = Deadlines::default();
+        for (at, deadline) in all {
+            d.insert(at, deadline);
+        }
+        d
+    }
+}
+
+impl PartialEq for Deadlines {
+    fn eq(&self, other: &Self) -> bool {
+        self.leases == other.leases && self.keys == other.keys && {
+            let mut a: Vec<_> = self.dedup.iter().collect();
+            let mut b: Vec<_> = other.dedup.iter().collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        }
+    }
+}
+
+impl Eq for Deadlines {}
 
 /// The canonical, ordered form of a store's records.
 #[derive(Serialize, Deserialize)]
@@ -222,7 +340,8 @@ struct Canonical {
     keys: BTreeMap<KeyId, KeyRecord>,
     leases: BTreeMap<LeaseId, Lease>,
     dedup: BTreeMap<DedupKey, DedupRecord>,
-    deadlines: BTreeSet<(u64, Deadline)>,
+    /// Strictly increasing: encodes as the ordered set it is.
+    deadlines: Vec<(u64, Deadline)>,
 }
 
 impl MemStore {
@@ -237,7 +356,7 @@ impl MemStore {
             keys: self.keys.iter().map(|(k, v)| (*k, v.clone())).collect(),
             leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
             dedup: self.dedup.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            deadlines: self.deadlines.clone(),
+            deadlines: self.deadlines.sorted(),
         };
         postcard::to_stdvec(&canonical).expect("in-memory records always serialize")
     }
@@ -249,7 +368,7 @@ impl MemStore {
             keys: c.keys.into_iter().collect(),
             leases: c.leases.into_iter().collect(),
             dedup: c.dedup.into_iter().collect(),
-            deadlines: c.deadlines,
+            deadlines: Deadlines::from_sorted(c.deadlines),
         })
     }
 
@@ -323,12 +442,12 @@ impl Store for MemStore {
     }
 
     fn first_deadline(&self) -> Option<(u64, Deadline)> {
-        self.deadlines.first().copied()
+        self.deadlines.first()
     }
     fn insert_deadline(&mut self, at_ms: u64, deadline: Deadline) {
-        self.deadlines.insert((at_ms, deadline));
+        self.deadlines.insert(at_ms, deadline);
     }
     fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline) {
-        self.deadlines.remove(&(at_ms, *deadline));
+        self.deadlines.remove(at_ms, deadline);
     }
 }
