@@ -195,3 +195,40 @@ async fn keep_alive_extends_and_drop_releases() {
     };
     assert_ne!(a.lease_id(), b.lease_id());
 }
+
+/// A waiting acquire outlasts the per-attempt timeout (2 s): it is parked
+/// on the leader and granted when the holder releases 2.5 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_acquire_outlasts_the_attempt_timeout() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let client = client_for(&cluster).await;
+    let scope = "acct-client-wait";
+    let request = || {
+        Acquire::new(scope)
+            .concurrency("one", 1)
+            .ttl(Duration::from_secs(60))
+    };
+    let Acquired::Granted(holder) = client.acquire(request()).await.unwrap() else {
+        panic!("expected a grant on an idle key");
+    };
+    let waiter = {
+        let client = client.clone();
+        let request = request().wait(Duration::from_secs(5));
+        tokio::spawn(async move { client.acquire(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "expected the waiter to still be parked"
+    );
+    holder.release().await.expect("release succeeds");
+    let granted = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("expected the waiter to be answered soon after the release")
+        .expect("the waiter task finishes")
+        .expect("the waiting acquire succeeds");
+    assert!(
+        matches!(granted, Acquired::Granted(_)),
+        "expected the waiter to be granted, got {granted:?}"
+    );
+}

@@ -64,6 +64,9 @@ pub struct AcquireArgs {
     /// Makes a retried acquire return the first one's lease [default: generated]
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
+    /// Wait up to MS on the leader for capacity instead of being denied (at most 300000)
+    #[arg(long, value_name = "MS")]
+    wait_ms: Option<u64>,
 }
 
 pub async fn acquire(args: AcquireArgs) -> Result<Report, Status> {
@@ -83,14 +86,15 @@ pub async fn acquire(args: AcquireArgs) -> Result<Report, Status> {
     if let Some(key) = args.idempotency_key {
         request = request.idempotency_key(key);
     }
+    if let Some(wait_ms) = args.wait_ms {
+        request = request.wait(Duration::from_millis(wait_ms));
+    }
     match client.acquire(request).await? {
         Acquired::Granted(lease) => {
-            let report = granted(&args.scope, lease.grant());
             // The lease is the operator's now, to extend or release by id
-            // from later commands: `Lease` would release it when dropped,
-            // so it is forgotten instead (leaking a handle we exit right after).
-            std::mem::forget(lease);
-            Ok(report)
+            // from later commands, so it is detached: not released here.
+            let grant = lease.detach();
+            Ok(granted(&args.scope, &grant))
         }
         Acquired::Denied(denial) => Ok(denied(&args.scope, &denial)),
     }

@@ -28,6 +28,7 @@ struct Shared {
     valid_until: Mutex<Instant>,
     /// Released (or handed to a release) already: no release on drop.
     done: AtomicBool,
+    replayed: bool,
 }
 
 /// A held lease. Dropping it releases it in the background (best effort);
@@ -52,6 +53,7 @@ impl Lease {
         client: Client,
         scope: String,
         grant: v1::Grant,
+        replayed: bool,
         sent_at: Instant,
         ttl: Duration,
     ) -> Lease {
@@ -63,6 +65,7 @@ impl Lease {
                 grant,
                 valid_until: Mutex::new(valid_until),
                 done: AtomicBool::new(false),
+                replayed,
             }),
             keep_alive: None,
         }
@@ -100,6 +103,22 @@ impl Lease {
 
     pub fn valid_until(&self) -> Instant {
         *self.shared.valid_until.lock().expect("lease clock")
+    }
+
+    /// Whether the acquire replayed an earlier one with the same
+    /// idempotency key (the lease may then be older than this call).
+    pub fn replayed(&self) -> bool {
+        self.shared.replayed
+    }
+
+    /// Gives up the handle without releasing the lease (no release on
+    /// drop, no keep-alive): for leases released by id elsewhere.
+    pub fn detach(mut self) -> v1::Grant {
+        if let Some(task) = self.keep_alive.take() {
+            task.abort();
+        }
+        self.shared.done.store(true, Ordering::Release);
+        self.shared.grant.clone()
     }
 
     /// Extends the lease to `ttl` from now.

@@ -184,6 +184,15 @@ impl Acquire {
         self
     }
 
+    /// Wait up to `wait` on the leader for capacity instead of being
+    /// denied at once (served first come first served per first
+    /// constraint key). Across a leader change the client re-parks the
+    /// request with the same idempotency key.
+    pub fn wait(mut self, wait: Duration) -> Acquire {
+        self.request.wait_ms = Some(duration_ms(wait));
+        self
+    }
+
     pub fn ttl(mut self, ttl: Duration) -> Acquire {
         self.request.lease_ttl_ms = duration_ms(ttl);
         self
@@ -264,9 +273,16 @@ impl Client {
             )
             .await?;
         match reply.result {
-            Some(v1::acquire_response::Result::Granted(grant)) => Ok(Acquired::Granted(
-                Lease::new(self.clone(), request.scope, grant, sent_at, ttl),
-            )),
+            Some(v1::acquire_response::Result::Granted(grant)) => {
+                Ok(Acquired::Granted(Lease::new(
+                    self.clone(),
+                    request.scope,
+                    grant,
+                    reply.replayed,
+                    sent_at,
+                    ttl,
+                )))
+            }
             Some(v1::acquire_response::Result::Denied(denial)) => Ok(Acquired::Denied(denial)),
             None => Err(Status::internal(
                 "the server answered Acquire with no result",
@@ -359,20 +375,42 @@ impl Client {
         ) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.call_waiting(scope, request, send, Duration::ZERO)
+            .await
+    }
+
+    /// [`Client::call`] for a request that may wait `wait` on the leader:
+    /// each attempt and the whole call get that much longer.
+    async fn call_waiting<Req, Resp, F, Fut>(
+        &self,
+        scope: &str,
+        request: Req,
+        send: F,
+        wait: Duration,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        Resp: route::Served,
+        F: Fn(
+            crate::proto::v1::leasehold_client::LeaseholdClient<tonic::transport::Channel>,
+            tonic::Request<Req>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let _slot = self
             .inner
             .in_flight
             .acquire()
             .await
             .map_err(|_| Status::cancelled("the client is closed"))?;
-        let deadline = Instant::now() + self.inner.config.call_timeout;
+        let deadline = Instant::now() + self.inner.config.call_timeout + wait;
         let mut attempt = 0u32;
         loop {
             let jitter = self.inner.seq.fetch_add(1, Ordering::Relaxed);
             match self
                 .inner
                 .router
-                .attempt(scope, request.clone(), &send, deadline)
+                .attempt(scope, request.clone(), &send, deadline, wait)
                 .await
             {
                 Ok(reply) => return Ok(reply),

@@ -193,6 +193,7 @@ impl Router {
         request: Req,
         send: &F,
         deadline: Instant,
+        wait: Duration,
     ) -> Result<Resp, Failure>
     where
         Resp: Served,
@@ -208,7 +209,7 @@ impl Router {
         let channel = self.channel(&addr).map_err(Failure::Final)?;
         let mut request = tonic::Request::new(request);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        request.set_timeout(remaining.min(self.attempt_timeout));
+        request.set_timeout(remaining.min(self.attempt_timeout + wait));
         if let Ok(value) = epoch.to_string().parse() {
             request.metadata_mut().insert("leasehold-epoch", value);
         }
