@@ -70,6 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         max_lifetime_ms: None,
                         idempotency_key: format!("a-{c}-{n}"),
                         wait_ms: None,
+                        fairness_key: String::new(),
                     })
                     .await;
                 acquire_us.push(t.elapsed().as_micros() as u64);

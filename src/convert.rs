@@ -476,6 +476,7 @@ mod tests {
             max_lifetime_ms: Some(600_000),
             idempotency_key: "k1".into(),
             wait_ms: None,
+            fairness_key: String::new(),
         }
     }
 

@@ -716,6 +716,63 @@ async fn waiting_acquires_are_granted_in_arrival_order() {
     );
 }
 
+/// Waiters of one key take turns across fairness keys: tenant b's one
+/// waiter is served right after tenant a's first, not after all of a's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_take_turns_across_fairness_keys() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let scope = "acct-fair";
+    let leader = cluster.leader_of(scope).await;
+    let held = call(
+        "the holder's acquire",
+        cluster
+            .client(leader)
+            .acquire(acquire(scope, vec![concurrency("one", 1)], 60_000, "h")),
+    )
+    .await;
+    let mut lease_id = expect_grant(&held, "the holder's acquire").lease_id;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (name, tenant) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
+        let mut client = cluster.client_with_timeout(leader, Duration::from_secs(15));
+        let request = AcquireRequest {
+            wait_ms: Some(10_000),
+            fairness_key: tenant.into(),
+            ..acquire(scope, vec![concurrency("one", 1)], 60_000, name)
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = client.acquire(request).await;
+            let _ = tx.send((name, reply));
+        });
+        // Arrival order is the order above.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut order = Vec::new();
+    for i in 0..4 {
+        call(
+            "a release",
+            cluster
+                .client(leader)
+                .release(release(scope, lease_id, &format!("fr{i}"))),
+        )
+        .await;
+        let (name, reply) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("expected a waiter to be granted after a release")
+            .expect("a waiter answers");
+        let reply = reply.unwrap_or_else(|e| panic!("expected waiter {name} to succeed: {e}"));
+        lease_id = expect_grant(reply.get_ref(), name).lease_id;
+        order.push(name);
+    }
+    assert_eq!(
+        order,
+        ["a1", "b1", "a2", "a3"],
+        "expected tenants to take turns (round robin), not first come first served overall"
+    );
+}
+
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -1021,6 +1078,7 @@ impl Workload {
             max_lifetime_ms: (self.rng.below(4) == 0).then_some(2 * lease_ttl_ms),
             idempotency_key,
             wait_ms: None,
+            fairness_key: String::new(),
         }
     }
 }
@@ -1443,6 +1501,7 @@ fn acquire(
         max_lifetime_ms: None,
         idempotency_key: idempotency_key.into(),
         wait_ms: None,
+        fairness_key: String::new(),
     }
 }
 

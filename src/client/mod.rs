@@ -125,6 +125,7 @@ impl Acquire {
                 max_lifetime_ms: None,
                 idempotency_key: String::new(),
                 wait_ms: None,
+                fairness_key: String::new(),
             },
         }
     }
@@ -190,6 +191,13 @@ impl Acquire {
     /// request with the same idempotency key.
     pub fn wait(mut self, wait: Duration) -> Acquire {
         self.request.wait_ms = Some(duration_ms(wait));
+        self
+    }
+
+    /// With [`Acquire::wait`]: the party this request waits for; waiters
+    /// of one key take turns across fairness keys.
+    pub fn fairness_key(mut self, key: impl Into<String>) -> Acquire {
+        self.request.fairness_key = key.into();
         self
     }
 

@@ -7,9 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -19,9 +16,10 @@ use tracing::Instrument;
 use super::clock;
 use super::group::ProposeError;
 use super::node::Node;
+use super::turns::{Place, Turns};
 use crate::convert::{error_status, CheckArgs, InspectArgs};
 use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
-use crate::limits::{WAITERS_MAX, WAIT_MS_MAX};
+use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, WAITERS_MAX, WAIT_MS_MAX};
 use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::leasehold_server::Leasehold;
@@ -133,8 +131,8 @@ pub struct Api {
     node: Arc<Node>,
     /// Slots for parked acquires on this node.
     waiters: Arc<Semaphore>,
-    /// One FIFO turn per first constraint key with waiters.
-    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whose turn it is to retry, per first constraint key with waiters.
+    turns: Turns,
 }
 
 impl Api {
@@ -142,11 +140,12 @@ impl Api {
         Api {
             node,
             waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
-            queues: Mutex::new(HashMap::new()),
+            turns: Turns::default(),
         }
     }
 
-    fn queue(&self, request: &v1::AcquireRequest) -> (String, Arc<tokio::sync::Mutex<()>>) {
+    /// The waiting queue of a request: its first constraint's key.
+    fn queue_name(request: &v1::AcquireRequest) -> String {
         let first = request.constraints.first().and_then(|c| c.kind.as_ref());
         let (kind, key) = match first {
             Some(constraint::Kind::Concurrency(c)) => ("concurrency", c.key.as_str()),
@@ -155,17 +154,7 @@ impl Api {
             Some(constraint::Kind::Semaphore(c)) => ("semaphore", c.key.as_str()),
             None => ("", ""),
         };
-        let name = format!("{}\0{kind}\0{key}", request.scope);
-        let mut queues = self.queues.lock().expect("waiter queues");
-        let queue = Arc::clone(queues.entry(name.clone()).or_default());
-        (name, queue)
-    }
-
-    fn drop_queue_if_idle(&self, name: &str) {
-        let mut queues = self.queues.lock().expect("waiter queues");
-        if queues.get(name).is_some_and(|q| Arc::strong_count(q) == 1) {
-            queues.remove(name);
-        }
+        format!("{}\0{kind}\0{key}", request.scope)
     }
 
     /// An acquire that waits for capacity, on the partition's leader: in
@@ -189,9 +178,17 @@ impl Api {
         let deadline = tokio::time::Instant::now() + wait;
         let mut once = message;
         once.wait_ms = None;
-        let (name, queue) = self.queue(&once);
+        let fairness = std::mem::take(&mut once.fairness_key);
+        let name = Self::queue_name(&once);
         let result = async {
-            let turn = tokio::time::timeout_at(deadline, queue.lock()).await;
+            // Dropped when this call ends, passing the turn on.
+            let turn = match self.turns.join(&name, &fairness) {
+                Place::Now(turn) => Ok(turn),
+                Place::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(turn)) => Ok(turn),
+                    _ => Err(()),
+                },
+            };
             loop {
                 if !group.is_leader() {
                     let leader = group.leader().0;
@@ -220,8 +217,6 @@ impl Api {
             }
         }
         .await;
-        drop(queue);
-        self.drop_queue_if_idle(&name);
         metrics::gauge!("leasehold_waiters")
             .set((WAITERS_MAX - self.waiters.available_permits() - 1) as f64);
         result
@@ -548,6 +543,17 @@ impl Leasehold for Api {
             return Err(EngineError::invalid(
                 "wait_ms",
                 format!("must be at most {WAIT_MS_MAX}, got {wait_ms}"),
+            )
+            .into());
+        }
+        let fairness_key = &request.get_ref().fairness_key;
+        if fairness_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(EngineError::invalid(
+                "fairness_key",
+                format!(
+                    "must be at most {IDEMPOTENCY_KEY_BYTES_MAX} bytes, got {}",
+                    fairness_key.len()
+                ),
             )
             .into());
         }

@@ -6,6 +6,7 @@
 //! - [`peer`]: the node-to-node service (`leasehold.internal.v1.Peer`).
 //! - [`api`]: the public service (`leasehold.v1.Leasehold`): routing,
 //!   forwarding, linearizable reads.
+//! - [`turns`]: whose turn it is among waiting acquires (fair queues).
 //! - [`http`]: Prometheus `/metrics`, `/ready`, `/health`.
 //! - [`clock`]: the wall clock leaders stamp commands with.
 
@@ -16,6 +17,7 @@ pub mod http;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod turns;
 
 use std::sync::Arc;
 use std::time::Duration;
