@@ -8,6 +8,7 @@
 
 mod constraint;
 mod error;
+mod fingerprint;
 mod store;
 mod types;
 pub mod validate;
@@ -17,8 +18,8 @@ mod tests;
 
 pub use error::{EngineError, ErrorCode};
 pub use store::{
-    Deadline, DedupKey, DedupRecord, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore, Meta,
-    ScopeId, Store, WindowEntry,
+    Deadline, DedupKey, DedupRecord, GrantUsage, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore,
+    Meta, Recorded, ScopeId, Store, UsageFigures, WindowEntry,
 };
 pub use types::*;
 
@@ -91,21 +92,29 @@ impl<S: Store> Engine<S> {
     pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
         validate::command(cmd)?;
         let now_ms = self.advance(stamp_ms);
-        let dedup = self.dedup_key(cmd);
-        if let Some((key, fingerprint, idempotency_key)) = dedup {
-            if let Some(replay) = self.replay(key, fingerprint, idempotency_key)? {
-                return Ok(replay);
+        let dedup = match cmd.idempotency() {
+            Some((scope, idempotency_key)) => {
+                let key = DedupKey::new(scope, idempotency_key);
+                let fingerprint = fingerprint::fingerprint(cmd, &mut self.scratch);
+                if let Some(replay) = self.replay(key, fingerprint, cmd, idempotency_key)? {
+                    return Ok(replay);
+                }
+                Some((key, fingerprint))
             }
-        }
+            None => None,
+        };
         let outcome = match cmd {
-            Command::Acquire(r) => self.acquire(r, now_ms),
+            Command::Acquire(r) => {
+                let (key, _) = dedup.expect("an acquire has an idempotency key");
+                self.acquire(r, key, now_ms)
+            }
             Command::Extend(r) => self.extend(r, now_ms)?,
             Command::Release(r) => self.release(r, now_ms)?,
             Command::SetCapacity(r) => self.set_capacity(&r.scope, &r.key, r.capacity, now_ms),
             Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
-        if let Some((key, fingerprint, _)) = dedup {
+        if let Some((key, fingerprint)) = dedup {
             self.remember(key, fingerprint, &outcome, now_ms);
         }
         Ok(Applied {
@@ -126,45 +135,124 @@ impl<S: Store> Engine<S> {
         now_ms
     }
 
-    /// The dedup identity of a mutating command, its fingerprint, and the
-    /// idempotency key as the caller wrote it.
-    fn dedup_key<'c>(&mut self, cmd: &'c Command) -> Option<(DedupKey, u64, &'c str)> {
-        let (scope, key) = cmd.idempotency()?;
-        // postcard's encoding is stable across versions, unlike `Hash`, so
-        // replicas built apart agree. The key is part of the command, so
-        // equal commands hash equally.
-        self.scratch.clear();
-        let bytes = postcard::to_extend(cmd, std::mem::take(&mut self.scratch))
-            .expect("commands always serialize");
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
-        self.scratch = bytes;
-        Some((DedupKey::new(scope, key), fingerprint, key))
-    }
-
     fn replay(
         &self,
         key: DedupKey,
         fingerprint: u64,
+        cmd: &Command,
         idempotency_key: &str,
     ) -> Result<Option<Applied>> {
+        let reused = || EngineError::IdempotencyKeyReused {
+            idempotency_key: idempotency_key.to_string(),
+        };
         match self.store.dedup(&key) {
             None => Ok(None),
-            Some(rec) if rec.fingerprint == fingerprint => Ok(Some(Applied {
-                outcome: rec.outcome.clone(),
-                replayed: true,
-            })),
-            Some(_) => Err(EngineError::IdempotencyKeyReused {
-                idempotency_key: idempotency_key.to_string(),
-            }),
+            Some(rec) if rec.fingerprint == fingerprint => {
+                // Equal fingerprints mean the same request, so the record
+                // fits it; were that ever not so, the key was reused.
+                let outcome = Self::replayed(&rec.outcome, cmd).ok_or_else(reused)?;
+                Ok(Some(Applied {
+                    outcome,
+                    replayed: true,
+                }))
+            }
+            Some(_) => Err(reused()),
         }
+    }
+
+    /// The outcome `recorded` stands for, completed from the request `cmd`
+    /// that repeats the one recorded; `None` if they do not fit.
+    fn replayed(recorded: &Recorded, cmd: &Command) -> Option<Outcome> {
+        let outcome = match (recorded, cmd) {
+            (
+                Recorded::Granted {
+                    lease_id,
+                    granted_amount,
+                    granted_at_ms,
+                    usage,
+                },
+                Command::Acquire(r),
+            ) if usage.count() == r.constraints.len() => Outcome::Granted(Grant {
+                lease_id: *lease_id,
+                fencing_token: *lease_id,
+                granted_amount: *granted_amount,
+                granted_at_ms: *granted_at_ms,
+                expires_at_ms: granted_at_ms + r.lease_ttl_ms,
+                usage: r
+                    .constraints
+                    .iter()
+                    .zip(usage.iter())
+                    .map(|(c, f)| Usage {
+                        kind: c.kind(),
+                        key: c.key().to_string(),
+                        used: f.used,
+                        limit: f.limit,
+                        available: f.available,
+                        retry_after_ms: None,
+                    })
+                    .collect(),
+            }),
+            (Recorded::Extended { expires_at_ms }, Command::Extend(r)) => Outcome::Extended {
+                lease_id: r.lease_id,
+                expires_at_ms: *expires_at_ms,
+            },
+            (Recorded::Released { was_held }, Command::Release(r)) => Outcome::Released {
+                lease_id: r.lease_id,
+                was_held: *was_held,
+            },
+            (Recorded::Capacity { capacity }, Command::SetCapacity(r)) => Outcome::Capacity {
+                key: r.key.clone(),
+                capacity: *capacity,
+            },
+            (Recorded::Capacity { capacity }, Command::AdjustCapacity(r)) => Outcome::Capacity {
+                key: r.key.clone(),
+                capacity: *capacity,
+            },
+            _ => return None,
+        };
+        Some(outcome)
+    }
+
+    /// What a dedup record keeps of `outcome`; `None` for outcomes never
+    /// recorded.
+    fn recorded(outcome: &Outcome) -> Option<Recorded> {
+        let figures = |u: &Usage| UsageFigures {
+            used: u.used,
+            limit: u.limit,
+            available: u.available,
+        };
+        Some(match outcome {
+            Outcome::Granted(g) => {
+                let (first, rest) = g.usage.split_first().expect("a grant has constraints");
+                Recorded::Granted {
+                    lease_id: g.lease_id,
+                    granted_amount: g.granted_amount,
+                    granted_at_ms: g.granted_at_ms,
+                    usage: GrantUsage {
+                        first: figures(first),
+                        rest: rest.iter().map(figures).collect(),
+                    },
+                }
+            }
+            Outcome::Extended { expires_at_ms, .. } => Recorded::Extended {
+                expires_at_ms: *expires_at_ms,
+            },
+            Outcome::Released { was_held, .. } => Recorded::Released {
+                was_held: *was_held,
+            },
+            Outcome::Capacity { capacity, .. } => Recorded::Capacity {
+                capacity: *capacity,
+            },
+            Outcome::Denied(_) | Outcome::Expired(_) => return None,
+        })
     }
 
     /// Records a successful outcome under the command's idempotency key.
     /// Denials are not recorded: a retry after one is a fresh attempt.
     fn remember(&mut self, key: DedupKey, fingerprint: u64, outcome: &Outcome, now_ms: u64) {
-        if matches!(outcome, Outcome::Denied(_)) {
+        let Some(recorded) = Self::recorded(outcome) else {
             return;
-        }
+        };
         // A grant's record lives as long as its lease; the lease's end
         // starts the window (see `end_lease`).
         let drop_at_ms = match outcome {
@@ -176,7 +264,7 @@ impl<S: Store> Engine<S> {
         }
         let record = DedupRecord {
             fingerprint,
-            outcome: outcome.clone(),
+            outcome: recorded,
             drop_at_ms,
         };
         self.store.insert_dedup(key, record);
@@ -237,7 +325,8 @@ impl<S: Store> Engine<S> {
         constraints.iter().map(|c| Self::key_id(scope, c)).collect()
     }
 
-    fn acquire(&mut self, r: &AcquireRequest, now_ms: u64) -> Outcome {
+    /// `key` names the acquire's dedup record.
+    fn acquire(&mut self, r: &AcquireRequest, key: DedupKey, now_ms: u64) -> Outcome {
         let ids = Self::key_ids(&r.scope, &r.constraints);
         let granted = match self.evaluate(&ids, &r.constraints, r.amount, r.min_amount(), now_ms) {
             Evaluation::Grant(n) => n,
@@ -277,7 +366,7 @@ impl<S: Store> Engine<S> {
                 granted_at_ms: now_ms,
                 expires_at_ms,
                 deadline_ms: r.max_lifetime_ms.map(|l| now_ms + l),
-                acquire: DedupKey::new(&r.scope, &r.idempotency_key),
+                acquire: key,
             },
         );
         self.store

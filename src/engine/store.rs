@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Holder, Kind, LeaseId, Outcome};
+use super::types::{Holder, Kind, LeaseId};
 
 /// Hash maps keyed by client-chosen strings: a fast hasher, seeded per
 /// process so crafted keys cannot aim at collisions.
@@ -39,9 +39,18 @@ fn id128(domain: u8, scope: &str, name: &str) -> u128 {
             b
         }
     }
-    let mut buf = [0u8; CAP];
+    // Most names are short: a small buffer spares zeroing the large one.
+    if 3 + scope.len() + name.len() <= 64 {
+        id128_in::<64>(domain, scope, name)
+    } else {
+        id128_in::<CAP>(domain, scope, name)
+    }
+}
+
+fn id128_in<const N: usize>(domain: u8, scope: &str, name: &str) -> u128 {
+    let mut buf = [0u8; N];
     let len = 3 + scope.len() + name.len();
-    assert!(len <= CAP, "validated names fit the identity buffer");
+    assert!(len <= N, "validated names fit the identity buffer");
     buf[0] = domain;
     buf[1..3].copy_from_slice(&(scope.len() as u16).to_le_bytes());
     buf[3..3 + scope.len()].copy_from_slice(scope.as_bytes());
@@ -163,9 +172,59 @@ impl DedupKey {
 pub struct DedupRecord {
     /// Hash of the request's parameters: a retry must match it.
     pub fingerprint: u64,
-    pub outcome: Outcome,
+    pub outcome: Recorded,
     /// When the record may be dropped; `None` while the lease it granted lives.
     pub drop_at_ms: Option<u64>,
+}
+
+/// An outcome as its dedup record keeps it: only what the request, which a
+/// replay repeats, cannot give back (see `Engine::replayed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recorded {
+    /// The grant's expiry is its time plus the request's TTL, its fencing
+    /// token its lease id, and its usage names the request's constraints.
+    Granted {
+        lease_id: LeaseId,
+        granted_amount: u32,
+        granted_at_ms: u64,
+        usage: GrantUsage,
+    },
+    Extended {
+        expires_at_ms: u64,
+    },
+    Released {
+        was_held: bool,
+    },
+    Capacity {
+        capacity: u64,
+    },
+}
+
+/// The figures of a grant's usage, one per constraint in request order:
+/// the first inline, since most acquires carry one constraint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantUsage {
+    pub first: UsageFigures,
+    pub rest: Vec<UsageFigures>,
+}
+
+impl GrantUsage {
+    /// How many constraints the figures are of.
+    pub fn count(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &UsageFigures> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+}
+
+/// [`Usage`](super::types::Usage) without what its constraint names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageFigures {
+    pub used: u64,
+    pub limit: u64,
+    pub available: u64,
 }
 
 /// Something the scavenger must look at when applied time reaches its instant.
@@ -256,11 +315,12 @@ impl Deadlines {
                 self.leases.insert((at_ms, id));
             }
             Deadline::Dedup(key) => {
-                // After the last of its instant: usually at the back.
-                let i = self.dedup.partition_point(|(at, _)| *at <= at_ms);
-                if i == self.dedup.len() {
+                // After the last of its instant: at the back unless the
+                // dedup window has shrunk since a restart.
+                if self.dedup.back().is_none_or(|(at, _)| *at <= at_ms) {
                     self.dedup.push_back((at_ms, key));
                 } else {
+                    let i = self.dedup.partition_point(|(at, _)| *at <= at_ms);
                     self.dedup.insert(i, (at_ms, key));
                 }
             }
