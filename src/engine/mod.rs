@@ -284,22 +284,23 @@ impl<S: Store> Engine<S> {
         min_amount: u32,
         now_ms: u64,
     ) -> Evaluation {
-        let mut grantable = amount;
-        let mut views = Vec::with_capacity(constraints.len());
-        for (id, c) in ids.iter().zip(constraints) {
-            let rec = self.store.key(id);
-            let view = View { c, rec, now_ms };
-            let (_, _, available) = view.usage_parts();
-            grantable = grantable.min(u32::try_from(available).unwrap_or(u32::MAX));
-            views.push((view, available));
-        }
+        let views = || {
+            ids.iter().zip(constraints).map(move |(id, c)| View {
+                c,
+                rec: self.store.key(id),
+                now_ms,
+            })
+        };
+        let grantable = views()
+            .map(|view| u32::try_from(view.usage_parts().2).unwrap_or(u32::MAX))
+            .fold(amount, u32::min);
         if grantable >= min_amount {
             return Evaluation::Grant(grantable);
         }
-        let blocking: Vec<Usage> = views
-            .iter()
-            .filter(|(_, available)| *available < u64::from(min_amount))
-            .map(|(view, _)| view.usage(Some(min_amount)))
+        // Denials are rarer than grants: read the keys again for them.
+        let blocking: Vec<Usage> = views()
+            .filter(|view| view.usage_parts().2 < u64::from(min_amount))
+            .map(|view| view.usage(Some(min_amount)))
             .collect();
         let retry_after_ms = blocking
             .iter()
@@ -311,18 +312,15 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    fn usage_of(&self, ids: &[KeyId], constraints: &[Constraint], now_ms: u64) -> Vec<Usage> {
-        ids.iter()
-            .zip(constraints)
-            .map(|(id, c)| {
-                let rec = self.store.key(id);
-                View { c, rec, now_ms }.usage(None)
-            })
-            .collect()
-    }
-
-    fn key_ids(scope: &str, constraints: &[Constraint]) -> Vec<KeyId> {
-        constraints.iter().map(|c| Self::key_id(scope, c)).collect()
+    fn key_ids(scope: &str, constraints: &[Constraint]) -> KeyIds {
+        let mut ids = KeyIds {
+            ids: [KeyId(0); crate::limits::CONSTRAINTS_PER_REQUEST_MAX],
+            len: constraints.len(),
+        };
+        for (id, c) in ids.ids.iter_mut().zip(constraints) {
+            *id = Self::key_id(scope, c);
+        }
+        ids
     }
 
     /// `key` names the acquire's dedup record.
@@ -338,14 +336,17 @@ impl<S: Store> Engine<S> {
         self.store.set_meta(meta);
         let expires_at_ms = now_ms + r.lease_ttl_ms;
         let mut holds = Vec::new();
+        let mut usage = Vec::with_capacity(ids.len());
         for (id, c) in ids.iter().zip(&r.constraints) {
-            let units = self.reserve(id, c, granted, lease_id, expires_at_ms, now_ms);
+            let holder = Holder {
+                expires_at_ms,
+                lease_id,
+                units: 0,
+            };
+            let (units, u) = self.reserve(id, c, granted, holder, now_ms);
             if units > 0 {
                 holds.push(Hold { key: *id, units });
             }
-        }
-        let usage = self.usage_of(&ids, &r.constraints, now_ms);
-        for (u, c) in usage.iter().zip(&r.constraints) {
             let over = matches!(
                 c,
                 Constraint::Concurrency { .. } | Constraint::RateLimit { .. }
@@ -356,6 +357,7 @@ impl<S: Store> Engine<S> {
                 c.kind().as_str(),
                 c.key()
             );
+            usage.push(u);
         }
         self.store.insert_lease(
             lease_id,
@@ -381,32 +383,33 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// Spends `amount` of `c` on key `id` for `holder`'s lease. Returns the
+    /// units the lease now holds on the key and the key's usage after. Keys
+    /// of one request are distinct, so that is also its usage after all of
+    /// the request's spending.
     fn reserve(
         &mut self,
         id: &KeyId,
         c: &Constraint,
         amount: u32,
-        lease_id: LeaseId,
-        expires_at_ms: u64,
+        holder: Holder,
         now_ms: u64,
-    ) -> u64 {
-        if self.store.key(id).is_none() {
-            self.store.insert_key(*id, constraint::new_record(c));
-        }
-        let rec = self.store.key_mut(id).expect("inserted above");
-        let holder = Holder {
-            expires_at_ms,
-            lease_id,
-            units: 0,
-        };
+    ) -> (u64, Usage) {
+        let rec = self.store.key_or_insert(*id, || constraint::new_record(c));
         let units = constraint::reserve(rec, c, amount, holder, now_ms);
+        let usage = View {
+            c,
+            rec: Some(rec),
+            now_ms,
+        }
+        .usage(None);
         if rec.sweep_at_ms.is_none() {
             if let Some(at) = constraint::idle_at_ms(rec) {
                 rec.sweep_at_ms = Some(at);
                 self.store.insert_deadline(at, Deadline::Key(*id));
             }
         }
-        units
+        (units, usage)
     }
 
     /// The live lease `lease_id` of `scope`; `None` if it has ended. An
@@ -709,4 +712,18 @@ impl<S: Store> Engine<S> {
 enum Evaluation {
     Grant(u32),
     Deny(Denial),
+}
+
+/// The key ids of a request's constraints, without an allocation.
+struct KeyIds {
+    ids: [KeyId; crate::limits::CONSTRAINTS_PER_REQUEST_MAX],
+    len: usize,
+}
+
+impl std::ops::Deref for KeyIds {
+    type Target = [KeyId];
+
+    fn deref(&self) -> &[KeyId] {
+        &self.ids[..self.len]
+    }
 }

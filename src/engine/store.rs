@@ -246,6 +246,8 @@ pub trait Store {
     fn key(&self, id: &KeyId) -> Option<&KeyRecord>;
     fn key_mut(&mut self, id: &KeyId) -> Option<&mut KeyRecord>;
     fn insert_key(&mut self, id: KeyId, record: KeyRecord);
+    /// The record of `id`, inserted from `new` if there is none.
+    fn key_or_insert(&mut self, id: KeyId, new: impl FnOnce() -> KeyRecord) -> &mut KeyRecord;
     fn remove_key(&mut self, id: &KeyId) -> Option<KeyRecord>;
 
     fn lease(&self, id: LeaseId) -> Option<&Lease>;
@@ -295,18 +297,23 @@ impl Deadlines {
     }
 
     fn first(&self) -> Option<(u64, Deadline)> {
-        let lease = self
+        // At one instant, leases come first, then dedup records, then keys,
+        // as `Deadline` orders them: a later kind wins only if earlier.
+        let mut first = self
             .leases
             .first()
             .map(|&(at, id)| (at, Deadline::Lease(id)));
-        let dedup = self.dedup.front().map(|&(at, k)| (at, Deadline::Dedup(k)));
-        let key = self.keys.first().map(|&(at, id)| (at, Deadline::Key(id)));
-        // At one instant, leases come first, then dedup records, then keys,
-        // as `Deadline` orders them. `min_by_key` keeps the first of equals.
-        [lease, dedup, key]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _)| *at)
+        if let Some(&(at, k)) = self.dedup.front() {
+            if first.is_none_or(|(f, _)| at < f) {
+                first = Some((at, Deadline::Dedup(k)));
+            }
+        }
+        if let Some(&(at, id)) = self.keys.first() {
+            if first.is_none_or(|(f, _)| at < f) {
+                first = Some((at, Deadline::Key(id)));
+            }
+        }
+        first
     }
 
     fn insert(&mut self, at_ms: u64, deadline: Deadline) {
@@ -470,6 +477,9 @@ impl Store for MemStore {
     }
     fn insert_key(&mut self, id: KeyId, record: KeyRecord) {
         self.keys.insert(id, record);
+    }
+    fn key_or_insert(&mut self, id: KeyId, new: impl FnOnce() -> KeyRecord) -> &mut KeyRecord {
+        self.keys.entry(id).or_insert_with(new)
     }
     fn remove_key(&mut self, id: &KeyId) -> Option<KeyRecord> {
         self.keys.remove(id)
