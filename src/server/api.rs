@@ -198,7 +198,7 @@ impl Api {
                 let changed = group.capacity_changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let reply = self.acquire_once(once.clone()).await?;
+                let reply = self.acquire_once(Request::new(once.clone())).await?;
                 let retry_after = match &reply.get_ref().result {
                     Some(v1::acquire_response::Result::Denied(d)) => d.retry_after_ms,
                     _ => return Ok(reply),
@@ -222,12 +222,14 @@ impl Api {
         result
     }
 
+    /// One acquire attempt, routed as usual (waiting, if any, is the
+    /// leader's business).
     async fn acquire_once(
         &self,
-        message: v1::AcquireRequest,
+        request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         self.serve(
-            Request::new(message),
+            request,
             |r| {
                 let cmd = Command::Acquire(r.clone().try_into()?);
                 Self::write::<v1::AcquireRequest>(cmd, |a| {
@@ -571,18 +573,7 @@ impl Leasehold for Api {
         }
         // Not the leader (or no wait): route as usual; a forwarded waiting
         // acquire waits on the leader.
-        self.serve(
-            request,
-            |r| {
-                let cmd = Command::Acquire(r.clone().try_into()?);
-                Self::write::<v1::AcquireRequest>(cmd, |a| {
-                    count_outcome(&a);
-                    a.try_into()
-                })
-            },
-            |r, s| r.served_by = Some(s),
-        )
-        .await
+        self.acquire_once(request).await
     }
 
     async fn extend(
