@@ -50,6 +50,8 @@ trait Call: Clone + Send + Sync + 'static {
     const NAME: &'static str;
     fn scope(&self) -> &str;
     fn forward(client: LeaseholdClient<Channel>, request: Request<Self>) -> Forwarded<Self::Reply>;
+    /// Records who served the call in its reply.
+    fn served(reply: &mut Self::Reply, by: ServedBy);
     /// How long the call may wait for capacity on the leader.
     fn wait(&self) -> Duration {
         Duration::ZERO
@@ -70,6 +72,9 @@ macro_rules! call {
             ) -> Forwarded<$reply> {
                 Box::pin(async move { client.$method(request).await })
             }
+            fn served(reply: &mut $reply, by: ServedBy) {
+                reply.served_by = Some(by);
+            }
             fn wait(&self) -> Duration {
                 Duration::from_millis(self.$wait.unwrap_or(0))
             }
@@ -87,6 +92,9 @@ macro_rules! call {
                 request: Request<Self>,
             ) -> Forwarded<$reply> {
                 Box::pin(async move { client.$method(request).await })
+            }
+            fn served(reply: &mut $reply, by: ServedBy) {
+                reply.served_by = Some(by);
             }
         }
     };
@@ -222,23 +230,36 @@ impl Api {
         result
     }
 
+    /// A mutating call whose request converts to its command as is and
+    /// whose reply is the applied outcome.
+    async fn mutate<C, R>(
+        &self,
+        request: Request<C>,
+        command: fn(R) -> Command,
+    ) -> Result<Response<C::Reply>, Status>
+    where
+        C: Call + Into<R>,
+        C::Reply: TryFrom<Applied, Error = Status>,
+    {
+        self.serve(request, |r| {
+            Self::write::<C>(command(r.clone().into()), |a| a.try_into())
+        })
+        .await
+    }
+
     /// One acquire attempt, routed as usual (waiting, if any, is the
     /// leader's business).
     async fn acquire_once(
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                let cmd = Command::Acquire(r.clone().try_into()?);
-                Self::write::<v1::AcquireRequest>(cmd, |a| {
-                    count_outcome(&a);
-                    a.try_into()
-                })
-            },
-            |r, s| r.served_by = Some(s),
-        )
+        self.serve(request, |r| {
+            let cmd = Command::Acquire(r.clone().try_into()?);
+            Self::write::<v1::AcquireRequest>(cmd, |a| {
+                count_outcome(&a);
+                a.try_into()
+            })
+        })
         .await
     }
 
@@ -246,11 +267,10 @@ impl Api {
         &self,
         request: Request<C>,
         exec: impl FnOnce(&C) -> Result<Exec<C::Reply>, EngineError>,
-        served: fn(&mut C::Reply, ServedBy),
     ) -> Result<Response<C::Reply>, Status> {
         let started = Instant::now();
         let span = tracing::debug_span!("rpc", rpc = C::NAME, scope = request.get_ref().scope());
-        let result = self.route(request, exec, served).instrument(span).await;
+        let result = self.route(request, exec).instrument(span).await;
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
@@ -266,7 +286,6 @@ impl Api {
         &self,
         request: Request<C>,
         exec: impl FnOnce(&C) -> Result<Exec<C::Reply>, EngineError>,
-        served: fn(&mut C::Reply, ServedBy),
     ) -> Result<Response<C::Reply>, Status> {
         let map = self.node.partition_map();
         if !map.is_initialized() || self.node.is_stopping() {
@@ -305,7 +324,7 @@ impl Api {
                             match timeout(remaining, group.propose(cmd.clone())).await? {
                                 Ok(Ok(applied)) => {
                                     let mut r = reply(applied)?;
-                                    served(&mut r, served_by);
+                                    C::served(&mut r, served_by);
                                     return Ok(Response::new(r));
                                 }
                                 Ok(Err(e)) => return Err(e.into()),
@@ -323,7 +342,7 @@ impl Api {
                                 Ok(_) => {
                                     let now = clock::now_ms();
                                     let mut r = group.engine.read(|e| read(e, now))?;
-                                    served(&mut r, served_by);
+                                    C::served(&mut r, served_by);
                                     return Ok(Response::new(r));
                                 }
                                 Err(e) => tracing::debug!(error = %e, "read index refused"),
@@ -580,55 +599,33 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                Self::write::<v1::ExtendRequest>(Command::Extend(r.clone().into()), |a| {
-                    a.try_into()
-                })
-            },
-            |r, s| r.served_by = Some(s),
-        )
-        .await
+        self.mutate(request, Command::Extend).await
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                Self::write::<v1::ReleaseRequest>(Command::Release(r.clone().into()), |a| {
-                    a.try_into()
-                })
-            },
-            |r, s| r.served_by = Some(s),
-        )
-        .await
+        self.mutate(request, Command::Release).await
     }
 
     async fn check(
         &self,
         request: Request<v1::CheckRequest>,
     ) -> Result<Response<v1::CheckResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                let args = CheckArgs::try_from(r.clone())?;
-                Ok(Exec::Read(Box::new(move |engine, now| {
-                    let result = engine.check(
-                        &args.scope,
-                        &args.constraints,
-                        args.amount,
-                        args.min_amount,
-                        now,
-                    )?;
-                    Ok(result.into())
-                })))
-            },
-            |r, s| r.served_by = Some(s),
-        )
+        self.serve(request, |r| {
+            let args = CheckArgs::try_from(r.clone())?;
+            Ok(Exec::Read(Box::new(move |engine, now| {
+                let result = engine.check(
+                    &args.scope,
+                    &args.constraints,
+                    args.amount,
+                    args.min_amount,
+                    now,
+                )?;
+                Ok(result.into())
+            })))
+        })
         .await
     }
 
@@ -636,18 +633,14 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::InspectRequest>,
     ) -> Result<Response<v1::InspectResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                let args = InspectArgs::try_from(r.clone())?;
-                Ok(Exec::Read(Box::new(move |engine, now| {
-                    Ok(engine
-                        .inspect(&args.scope, args.kind, &args.key, now)?
-                        .into())
-                })))
-            },
-            |r, s| r.served_by = Some(s),
-        )
+        self.serve(request, |r| {
+            let args = InspectArgs::try_from(r.clone())?;
+            Ok(Exec::Read(Box::new(move |engine, now| {
+                Ok(engine
+                    .inspect(&args.scope, args.kind, &args.key, now)?
+                    .into())
+            })))
+        })
         .await
     }
 
@@ -655,33 +648,14 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::SetCapacityRequest>,
     ) -> Result<Response<v1::CapacityResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                Self::write::<v1::SetCapacityRequest>(Command::SetCapacity(r.clone().into()), |a| {
-                    a.try_into()
-                })
-            },
-            |r, s| r.served_by = Some(s),
-        )
-        .await
+        self.mutate(request, Command::SetCapacity).await
     }
 
     async fn adjust_capacity(
         &self,
         request: Request<v1::AdjustCapacityRequest>,
     ) -> Result<Response<v1::CapacityResponse>, Status> {
-        self.serve(
-            request,
-            |r| {
-                Self::write::<v1::AdjustCapacityRequest>(
-                    Command::AdjustCapacity(r.clone().into()),
-                    |a| a.try_into(),
-                )
-            },
-            |r, s| r.served_by = Some(s),
-        )
-        .await
+        self.mutate(request, Command::AdjustCapacity).await
     }
 
     async fn get_partition_map(
