@@ -114,16 +114,24 @@ fn init_tracing() {
         .init();
 }
 
-fn cluster(args: ClusterArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The single-threaded runtime of the client-side subcommands; `None`
+/// (said on stderr) if it cannot start.
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => Some(runtime),
         Err(error) => {
             eprintln!("leasehold: starting the runtime: {error}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn cluster(args: ClusterArgs) -> ExitCode {
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run_cluster(args)) {
         Ok(code) => code,

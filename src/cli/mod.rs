@@ -147,15 +147,8 @@ impl Command {
 /// Runs one client subcommand and prints its answer or error.
 pub fn run(command: Command) -> ExitCode {
     let json = command.connect().json;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("leasehold: starting the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(command.execute()) {
         Ok(report) => {
