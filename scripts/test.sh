@@ -9,5 +9,7 @@ scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/leasehold-target}"
 
 cargo fmt --all --check
-cargo clippy --release --all-targets --locked -- -D warnings
-cargo test --release --all-targets --locked
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+cargo test --release --workspace --all-targets --locked
+scripts/chaos.sh
+scripts/bench.sh --smoke

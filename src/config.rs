@@ -82,6 +82,9 @@ pub struct Config {
     pub max_batch_commands: u32,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace_ms: u64,
+    /// For chaos tests only: a file that skews this node's clock (see
+    /// [`crate::server::clock`]). Never set in production.
+    pub unsafe_test_clock: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
             max_batch_commands: 512,
             shutdown_grace_ms: 10_000,
+            unsafe_test_clock: None,
         }
     }
 }
@@ -309,6 +313,7 @@ impl Config {
             dedup_window_ms: pick!(dedup_window_ms),
             max_batch_commands: pick!(max_batch_commands),
             shutdown_grace_ms: pick!(shutdown_grace_ms),
+            unsafe_test_clock: args.unsafe_test_clock.or(file.unsafe_test_clock),
         };
         config.validate()?;
         Ok(config)
@@ -365,6 +370,9 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight work, 0..=600000 [default: 10000]
     #[arg(long, env = "LEASEHOLD_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// FOR CHAOS TESTING ONLY: follow a clock file (offset_ms=N rate=R) that skews this node's clock
+    #[arg(long, env = "LEASEHOLD_UNSAFE_TEST_CLOCK", value_name = "PATH")]
+    pub unsafe_test_clock: Option<PathBuf>,
 }
 
 /// The TOML file: every [`Config`] field, each optional.
@@ -385,6 +393,7 @@ struct FileConfig {
     dedup_window_ms: Option<u64>,
     max_batch_commands: Option<u32>,
     shutdown_grace_ms: Option<u64>,
+    unsafe_test_clock: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -16,6 +16,11 @@ use crate::proto::v1;
 type Result<T> = std::result::Result<T, EngineError>;
 
 fn constraint(i: usize, c: v1::Constraint) -> Result<engine::Constraint> {
+    constraint_at(|| format!("constraints[{i}].kind"), c)
+}
+
+/// `field` names the constraint's oneof, for the error when it is unset.
+fn constraint_at(field: impl FnOnce() -> String, c: v1::Constraint) -> Result<engine::Constraint> {
     use v1::constraint::Kind;
     Ok(match c.kind {
         Some(Kind::Concurrency(v1::Concurrency { key, limit })) => {
@@ -46,11 +51,101 @@ fn constraint(i: usize, c: v1::Constraint) -> Result<engine::Constraint> {
         }
         None => {
             return Err(EngineError::invalid(
-                format!("constraints[{i}].kind"),
+                field(),
                 "must be set to one of concurrency, throttle, rate_limit, semaphore",
             ))
         }
     })
+}
+
+impl From<engine::Constraint> for v1::Constraint {
+    fn from(c: engine::Constraint) -> Self {
+        use v1::constraint::Kind;
+        let kind = match c {
+            engine::Constraint::Concurrency { key, limit } => {
+                Kind::Concurrency(v1::Concurrency { key, limit })
+            }
+            engine::Constraint::Throttle {
+                key,
+                limit,
+                period_ms,
+                burst,
+            } => Kind::Throttle(v1::Throttle {
+                key,
+                limit,
+                period_ms,
+                burst,
+            }),
+            engine::Constraint::RateLimit {
+                key,
+                limit,
+                period_ms,
+            } => Kind::RateLimit(v1::RateLimit {
+                key,
+                limit,
+                period_ms,
+            }),
+            engine::Constraint::Semaphore { key, weight } => {
+                Kind::Semaphore(v1::Semaphore { key, weight })
+            }
+        };
+        v1::Constraint { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<v1::AdminKeyRequest> for engine::AdminRequest {
+    type Error = EngineError;
+
+    fn try_from(r: v1::AdminKeyRequest) -> Result<Self> {
+        use engine::AdminAction as A;
+        let pin_given = r.pin.is_some();
+        let action = match v1::KeyAction::try_from(r.action) {
+            Ok(v1::KeyAction::Pause) => A::Pause,
+            Ok(v1::KeyAction::Resume) => A::Resume,
+            Ok(v1::KeyAction::Pin) => {
+                let pin = r
+                    .pin
+                    .ok_or_else(|| EngineError::invalid("pin", "must be set for KEY_ACTION_PIN"))?;
+                A::Pin(constraint_at(|| "pin.kind".to_string(), pin)?)
+            }
+            Ok(v1::KeyAction::Unpin) => A::Unpin,
+            Ok(v1::KeyAction::Reset) => A::Reset,
+            Ok(v1::KeyAction::Unspecified) => {
+                return Err(EngineError::invalid(
+                    "action",
+                    "must be set: KEY_ACTION_UNSPECIFIED names no action",
+                ))
+            }
+            Err(_) => {
+                return Err(EngineError::invalid(
+                    "action",
+                    format!("{} is not a KeyAction: outside [1, 5]", r.action),
+                ))
+            }
+        };
+        if pin_given && !matches!(action, A::Pin(_)) {
+            return Err(EngineError::invalid(
+                "pin",
+                "must be unset unless action is KEY_ACTION_PIN",
+            ));
+        }
+        Ok(engine::AdminRequest {
+            kind: kind("kind", r.kind)?,
+            scope: r.scope,
+            key: r.key,
+            action,
+            idempotency_key: r.idempotency_key,
+        })
+    }
+}
+
+impl From<engine::KeyAdmin> for v1::KeyAdmin {
+    fn from(a: engine::KeyAdmin) -> Self {
+        v1::KeyAdmin {
+            paused: a.paused,
+            pinned: a.pinned.map(v1::Constraint::from),
+        }
+    }
 }
 
 fn constraints(cs: Vec<v1::Constraint>) -> Result<Vec<engine::Constraint>> {
@@ -200,6 +295,7 @@ impl From<engine::Usage> for v1::Usage {
             limit: u.limit,
             available: u.available,
             retry_after_ms: u.retry_after_ms,
+            paused: u.paused,
         }
     }
 }
@@ -262,6 +358,8 @@ impl From<engine::KeyInfo> for v1::InspectResponse {
             holders: k.holders.into_iter().map(v1::Holder::from).collect(),
             next_expiry_ms: k.next_expiry_ms,
             served_by: None,
+            admin: Some(k.admin.into()),
+            waiters: 0,
         }
     }
 }
@@ -338,6 +436,21 @@ impl TryFrom<Applied> for v1::CapacityResponse {
                 served_by: None,
             }),
             other => Err(mismatch("a capacity change", &other)),
+        }
+    }
+}
+
+impl TryFrom<Applied> for v1::AdminKeyResponse {
+    type Error = Status;
+
+    fn try_from(a: Applied) -> std::result::Result<Self, Status> {
+        match a.outcome {
+            Outcome::Admin(admin) => Ok(v1::AdminKeyResponse {
+                admin: Some(admin.into()),
+                replayed: a.replayed,
+                served_by: None,
+            }),
+            other => Err(mismatch("AdminKey", &other)),
         }
     }
 }
@@ -654,6 +767,7 @@ mod tests {
             limit: 4,
             available: 1,
             retry_after_ms,
+            paused: false,
         }
     }
 
@@ -689,8 +803,64 @@ mod tests {
                 limit: 4,
                 available: 1,
                 retry_after_ms: None,
+                paused: false,
             }]
         );
+    }
+
+    #[test]
+    fn admin_requests_name_the_field_at_fault() {
+        let request = |action: v1::KeyAction, pin: Option<v1::Constraint>| v1::AdminKeyRequest {
+            scope: "acct".into(),
+            kind: v1::ConstraintKind::Concurrency.into(),
+            key: "jobs".into(),
+            action: action.into(),
+            pin,
+            idempotency_key: "i".into(),
+        };
+        let field = |r: v1::AdminKeyRequest| match engine::AdminRequest::try_from(r) {
+            Err(EngineError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        };
+        assert_eq!(field(request(v1::KeyAction::Unspecified, None)), "action");
+        assert_eq!(field(request(v1::KeyAction::Pin, None)), "pin");
+        assert_eq!(
+            field(request(v1::KeyAction::Pause, Some(concurrency_pin()))),
+            "pin"
+        );
+        let empty = v1::Constraint { kind: None };
+        assert_eq!(field(request(v1::KeyAction::Pin, Some(empty))), "pin.kind");
+        let mut r = request(v1::KeyAction::Reset, None);
+        r.kind = 0;
+        assert_eq!(field(r), "kind");
+        let ok =
+            engine::AdminRequest::try_from(request(v1::KeyAction::Pin, Some(concurrency_pin())))
+                .expect("a well-formed pin converts");
+        assert_eq!(
+            ok.action,
+            engine::AdminAction::Pin(engine::Constraint::Concurrency {
+                key: "jobs".into(),
+                limit: 5
+            })
+        );
+        // And back, as Inspect and AdminKey answer with it.
+        let admin = v1::KeyAdmin::from(engine::KeyAdmin {
+            paused: true,
+            pinned: Some(engine::Constraint::Concurrency {
+                key: "jobs".into(),
+                limit: 5,
+            }),
+        });
+        assert_eq!(admin.pinned, Some(concurrency_pin()));
+    }
+
+    fn concurrency_pin() -> v1::Constraint {
+        v1::Constraint {
+            kind: Some(v1::constraint::Kind::Concurrency(v1::Concurrency {
+                key: "jobs".into(),
+                limit: 5,
+            })),
+        }
     }
 
     #[test]
@@ -780,8 +950,13 @@ mod tests {
                 units: 5,
             }],
             next_expiry_ms: Some(70),
+            admin: engine::KeyAdmin {
+                paused: true,
+                pinned: None,
+            },
         });
         assert_eq!(info.kind, i32::from(v1::ConstraintKind::Concurrency));
+        assert_eq!(info.admin.map(|a| a.paused), Some(true));
         assert_eq!((info.exists, info.used, info.limit), (true, 5, 8));
         assert_eq!(
             info.holders,

@@ -66,3 +66,12 @@ pub const WAIT_MS_MAX: u64 = 300_000;
 /// Acquires parked at once on one node; more are refused with
 /// RESOURCE_EXHAUSTED.
 pub const WAITERS_MAX: usize = 10_000;
+
+/// Bytes parked acquires may keep at once on one node; more are refused
+/// with RESOURCE_EXHAUSTED. Requests are bounded (about 5 KiB at most), so
+/// this binds before `WAITERS_MAX` only for large requests.
+pub const WAITER_BYTES_MAX: usize = 32 << 20;
+
+/// What a parked acquire keeps besides its request: its task, its turn and
+/// channel, its timers.
+pub const WAITER_OVERHEAD_BYTES: usize = 1024;

@@ -84,6 +84,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_tracing();
+    if let Some(path) = &config.unsafe_test_clock {
+        tracing::warn!(path = %path.display(), "UNSAFE: following a test clock file; for chaos testing only");
+        if let Err(error) = leasehold::server::clock::follow_test_clock(path) {
+            eprintln!("leasehold: unsafe_test_clock: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

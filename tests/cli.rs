@@ -96,6 +96,46 @@ async fn an_operator_acquires_inspects_releases_and_surveys() {
     assert!(text.contains("was not held"), "{text}");
     assert!(stdout(&run(&seeds, &acquire)).contains("granted"));
 
+    // An operator pauses the key: acquires are denied as paused, Inspect
+    // shows it; resume and pin a limit; bad input names its field.
+    let text = ok(&seeds, &["pause", "cli-acct", "concurrency", "jobs"]);
+    assert!(text.contains("pause applied"), "{text}");
+    assert!(text.contains("paused: no new grants"), "{text}");
+    let denied = ok(&seeds, &["acquire", "cli-acct", "--concurrency", "jobs=5"]);
+    assert!(
+        denied.contains("denied") && denied.contains("0 (paused)"),
+        "{denied}"
+    );
+    let inspected = ok_json(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
+    assert_eq!(inspected["admin"]["paused"], true, "{inspected}");
+    let resumed = ok_json(&seeds, &["resume", "cli-acct", "concurrency", "jobs"]);
+    assert_eq!(resumed["admin"]["paused"], false, "{resumed}");
+    let pinned = ok_json(&seeds, &["pin", "cli-acct", "--concurrency", "jobs=1"]);
+    assert_eq!(pinned["admin"]["pinned"], "concurrency jobs=1", "{pinned}");
+    let text = ok(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
+    assert!(
+        text.contains("used 1 of 1") && text.contains("pinned: concurrency jobs=1"),
+        "{text}"
+    );
+    let denied = ok_json(&seeds, &["acquire", "cli-acct", "--concurrency", "jobs=5"]);
+    assert_eq!(denied["result"], "denied", "the pin of 1 rules: {denied}");
+    let text = ok(&seeds, &["unpin", "cli-acct", "concurrency", "jobs"]);
+    assert!(text.contains("not paused, no limit pinned"), "{text}");
+    let text = ok(&seeds, &["reset", "cli-acct", "concurrency", "jobs"]);
+    assert!(text.contains("reset applied"), "{text}");
+    let text = ok(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
+    assert!(
+        text.contains("no state"),
+        "reset forgets the holder: {text}"
+    );
+    let bad = run(&seeds, &["pin", "cli-acct", "--concurrency", "jobs=0"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("INVALID_ARGUMENT") && stderr(&bad).contains("pin.concurrency.limit"),
+        "{}",
+        stderr(&bad)
+    );
+
     let capacity = ok_json(&seeds, &["set-capacity", "cli-acct", "gpu", "4"]);
     assert_eq!(capacity["capacity"], 4);
     let capacity = ok_json(&seeds, &["adjust-capacity", "cli-acct", "gpu", "-1"]);

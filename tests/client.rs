@@ -6,20 +6,12 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasehold::client::{Acquire, Acquired, Client, ClientConfig};
+use leasehold::client::{Acquire, Acquired, Client};
 use leasehold::proto::v1::{ConstraintKind, InspectRequest};
 use support::{Cluster, ClusterConfig};
 
-async fn client_for(cluster: &Cluster) -> Client {
-    let seeds: Vec<String> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.grpc_addr(id).to_string())
-        .collect();
-    Client::connect(ClientConfig::new(seeds))
-        .await
-        .expect("the client connects to a ready cluster")
-}
+/// The client's default call timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn holders(client: &Client, scope: &str, key: &str) -> Vec<u64> {
     let reply = client
@@ -49,7 +41,7 @@ struct Held {
 async fn leader_kill_is_only_latency_and_never_a_double_grant() {
     const LIMIT: usize = 2;
     let mut cluster = Cluster::start(ClusterConfig::default()).await;
-    let client = client_for(&cluster).await;
+    let client = cluster.rust_client(CALL_TIMEOUT).await;
     let scope = "acct-client-failover";
     let leader = cluster.leader_of(scope).await;
 
@@ -137,7 +129,7 @@ async fn leader_kill_is_only_latency_and_never_a_double_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_extends_and_drop_releases() {
     let cluster = Cluster::start(ClusterConfig::default()).await;
-    let client = client_for(&cluster).await;
+    let client = cluster.rust_client(CALL_TIMEOUT).await;
     let scope = "acct-client-lease";
 
     let acquire = |key: &str, ttl_ms| {
@@ -201,7 +193,7 @@ async fn keep_alive_extends_and_drop_releases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_acquire_outlasts_the_attempt_timeout() {
     let cluster = Cluster::start(ClusterConfig::default()).await;
-    let client = client_for(&cluster).await;
+    let client = cluster.rust_client(CALL_TIMEOUT).await;
     let scope = "acct-client-wait";
     let request = || {
         Acquire::new(scope)

@@ -7,9 +7,9 @@
 //! (limits, GCRA bound, fencing, idempotency, determinism).
 
 use leasehold::engine::{
-    AcquireRequest, AdjustCapacityRequest, Applied, Command, Constraint, Denial, Engine,
-    EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant, Kind, MemStore, Outcome,
-    PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
+    AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Applied, Command, Constraint,
+    Denial, Engine, EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant, KeyAdmin, Kind,
+    MemStore, Outcome, PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
 };
 use leasehold::limits::{CAPACITY_MAX, DEDUP_WINDOW_MS_MAX};
 use proptest::prelude::*;
@@ -94,6 +94,8 @@ struct Model {
     rate_grants: Vec<(String, String, u64, u64, u64)>,
     /// Every successful, non-denied mutating command and its outcome.
     done: Vec<(Command, Outcome)>,
+    /// (scope, kind, key) → operator settings.
+    admin: Vec<((String, Kind, String), KeyAdmin)>,
 }
 
 fn identity(cmd: &Command) -> Option<(&str, &str)> {
@@ -103,6 +105,7 @@ fn identity(cmd: &Command) -> Option<(&str, &str)> {
         Command::Release(r) => Some((&r.scope, &r.idempotency_key)),
         Command::SetCapacity(r) => Some((&r.scope, &r.idempotency_key)),
         Command::AdjustCapacity(r) => Some((&r.scope, &r.idempotency_key)),
+        Command::Admin(r) => Some((&r.scope, &r.idempotency_key)),
         Command::Expire { .. } => None,
     }
 }
@@ -129,6 +132,7 @@ impl Model {
             Command::Release(r) => self.release(r)?,
             Command::SetCapacity(r) => self.set_capacity(&r.scope, &r.key, r.capacity),
             Command::AdjustCapacity(r) => self.adjust_capacity(r)?,
+            Command::Admin(r) => self.admin(r),
             Command::Expire { .. } => Outcome::Expired(PurgeReport::default()),
         };
         if identity(cmd).is_some() && !matches!(outcome, Outcome::Denied(_)) {
@@ -205,6 +209,9 @@ impl Model {
 
     /// Whole units of amount the constraint admits now.
     fn available(&self, scope: &str, c: &Constraint) -> u64 {
+        if self.paused(scope, c) {
+            return 0;
+        }
         match c {
             Constraint::Concurrency { key, limit } => {
                 u64::from(*limit).saturating_sub(self.held(scope, Kind::Concurrency, key))
@@ -282,6 +289,9 @@ impl Model {
     }
 
     fn retry_after_ms(&self, scope: &str, c: &Constraint, m: u32) -> Option<u64> {
+        if self.paused(scope, c) {
+            return None;
+        }
         let m = u64::from(m);
         let holders = |kind| -> Vec<(u64, u64)> {
             let hs = self.holders(scope, kind, c.key());
@@ -327,20 +337,74 @@ impl Model {
             limit,
             available: self.available(scope, c),
             retry_after_ms: retry_for.and_then(|m| self.retry_after_ms(scope, c, m)),
+            paused: self.paused(scope, c),
         }
+    }
+
+    fn key_admin(&self, scope: &str, kind: Kind, key: &str) -> KeyAdmin {
+        let found = self
+            .admin
+            .iter()
+            .find(|((s, k, n), _)| s == scope && *k == kind && n == key);
+        found.map(|(_, a)| a.clone()).unwrap_or_default()
+    }
+
+    fn paused(&self, scope: &str, c: &Constraint) -> bool {
+        self.key_admin(scope, c.kind(), c.key()).paused
+    }
+
+    fn admin(&mut self, r: &AdminRequest) -> Outcome {
+        let id = (r.scope.clone(), r.kind, r.key.clone());
+        let mut admin = self.key_admin(&r.scope, r.kind, &r.key);
+        match &r.action {
+            AdminAction::Pause => admin.paused = true,
+            AdminAction::Resume => admin.paused = false,
+            AdminAction::Pin(c) => admin.pinned = Some(c.clone()),
+            AdminAction::Unpin => admin.pinned = None,
+            AdminAction::Reset => {
+                for l in self.leases.iter_mut().filter(|l| l.scope == r.scope) {
+                    l.holds.retain(|(k, n, _)| !(*k == r.kind && *n == r.key));
+                }
+                match r.kind {
+                    Kind::Throttle => self
+                        .tats
+                        .retain(|(s, k, _)| !(*s == r.scope && *k == r.key)),
+                    Kind::RateLimit => self
+                        .rate_grants
+                        .retain(|(s, k, ..)| !(*s == r.scope && *k == r.key)),
+                    Kind::Concurrency | Kind::Semaphore => {}
+                }
+            }
+        }
+        self.admin.retain(|(k, _)| *k != id);
+        if admin != KeyAdmin::default() {
+            self.admin.push((id, admin.clone()));
+        }
+        Outcome::Admin(admin)
+    }
+
+    /// The request's constraints with pinned limits in place of its own.
+    fn governed(&self, scope: &str, constraints: &[Constraint]) -> Vec<Constraint> {
+        constraints
+            .iter()
+            .map(|c| {
+                self.key_admin(scope, c.kind(), c.key())
+                    .pinned
+                    .unwrap_or_else(|| c.clone())
+            })
+            .collect()
     }
 
     fn acquire(&mut self, r: &AcquireRequest) -> Outcome {
         let scope = r.scope.as_str();
         let m = r.min_amount.unwrap_or(r.amount);
-        let granted = r
-            .constraints
+        let constraints = self.governed(scope, &r.constraints);
+        let granted = constraints
             .iter()
             .map(|c| self.available(scope, c))
             .fold(u64::from(r.amount), u64::min);
         if granted < u64::from(m) {
-            let blocking: Vec<Usage> = r
-                .constraints
+            let blocking: Vec<Usage> = constraints
                 .iter()
                 .filter(|c| self.available(scope, c) < u64::from(m))
                 .map(|c| self.usage(scope, c, Some(m)))
@@ -358,7 +422,7 @@ impl Model {
         let granted = u32::try_from(granted).unwrap();
         self.grants += 1;
         let id = self.grants;
-        let holds = self.spend(scope, &r.constraints, granted);
+        let holds = self.spend(scope, &constraints, granted);
         let now_ms = self.now_ms;
         self.leases.push(ModelLease {
             id,
@@ -375,8 +439,7 @@ impl Model {
             granted_amount: granted,
             granted_at_ms: now_ms,
             expires_at_ms: now_ms + r.lease_ttl_ms,
-            usage: r
-                .constraints
+            usage: constraints
                 .iter()
                 .map(|c| self.usage(scope, c, None))
                 .collect(),
@@ -570,6 +633,14 @@ enum Op {
     Expire {
         offset_ms: i64,
     },
+    /// `action`: 0 pause, 1 resume, 2 pin to `limit`, 3 unpin, 4 reset.
+    Admin {
+        scope: usize,
+        kind: usize,
+        key: usize,
+        action: u8,
+        limit: u32,
+    },
     /// No command at all.
     Skip,
 }
@@ -643,6 +714,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(scope, key, capacity)| Op::SetCapacity { scope, key, capacity }),
         2 => (scope, key, delta).prop_map(|(scope, key, delta)| Op::AdjustCapacity { scope, key, delta }),
         2 => (-300i64..=50).prop_map(|offset_ms| Op::Expire { offset_ms }),
+        1 => (0..SCOPES.len(), 0..KINDS.len(), 0..KEYS.len(), 0u8..5, 1u32..=4)
+            .prop_map(|(scope, kind, key, action, limit)| Op::Admin { scope, kind, key, action, limit }),
     ]
 }
 
@@ -793,6 +866,36 @@ impl Builder<'_> {
             Op::Expire { offset_ms } => Command::Expire {
                 until_ms: self.model.now_ms.saturating_add_signed(offset_ms),
             },
+            Op::Admin {
+                scope,
+                kind,
+                key,
+                action,
+                limit,
+            } => {
+                let kind_ = KINDS[kind];
+                let action = match action {
+                    0 => AdminAction::Pause,
+                    1 => AdminAction::Resume,
+                    // Semaphores cannot be pinned: their capacity rules.
+                    2 if kind_ != Kind::Semaphore => {
+                        let p = Params {
+                            limit,
+                            ..self.case.params(kind, key)
+                        };
+                        AdminAction::Pin(constraint(kind_, KEYS[key], p))
+                    }
+                    2 | 3 => AdminAction::Unpin,
+                    _ => AdminAction::Reset,
+                };
+                Command::Admin(AdminRequest {
+                    scope: SCOPES[scope].to_string(),
+                    kind: kind_,
+                    key: KEYS[key].to_string(),
+                    action,
+                    idempotency_key,
+                })
+            }
             Op::Skip => return None,
         };
         Some(cmd)
@@ -839,6 +942,7 @@ fn set_identity(cmd: &mut Command, scope: String, key: String) {
         Command::Release(r) => (&mut r.scope, &mut r.idempotency_key),
         Command::SetCapacity(r) => (&mut r.scope, &mut r.idempotency_key),
         Command::AdjustCapacity(r) => (&mut r.scope, &mut r.idempotency_key),
+        Command::Admin(r) => (&mut r.scope, &mut r.idempotency_key),
         Command::Expire { .. } => return,
     };
     *s = scope;
@@ -895,6 +999,15 @@ fn brief(cmd: &Command) -> String {
         Command::AdjustCapacity(r) => format!(
             "adjust_capacity {} {} {}{:+}",
             r.scope, r.idempotency_key, r.key, r.delta
+        ),
+        Command::Admin(r) => format!(
+            "{} {} {} {} {} {:?}",
+            r.action.as_str(),
+            r.scope,
+            r.idempotency_key,
+            r.kind.as_str(),
+            r.key,
+            r.action
         ),
         Command::Expire { until_ms } => format!("expire until {until_ms}"),
     }
@@ -978,6 +1091,15 @@ fn run(log: &[Entry]) -> (Engine<MemStore>, Vec<Seen>) {
 }
 
 fn usage_within_limits(case: &Case) -> Result<(), TestCaseError> {
+    // Operators may pin other limits and reset usage: this property is
+    // about the limits requests carry, so it runs without them.
+    let mut case = case.clone();
+    for step in &mut case.steps {
+        if matches!(step.op, Op::Admin { .. }) {
+            step.op = Op::Skip;
+        }
+    }
+    let case = &case;
     let log = build(case);
     let concurrency = KINDS.iter().position(|k| *k == Kind::Concurrency).unwrap();
     let mut e = engine();
@@ -1399,6 +1521,7 @@ fn denied_by_rate_limit(used: u64, limit: u64, retry_after_ms: u64) -> Seen {
             limit,
             available: 0,
             retry_after_ms: Some(retry_after_ms),
+            paused: false,
         }],
         retry_after_ms: Some(retry_after_ms),
     }))

@@ -70,12 +70,19 @@ fn inspected(scope: &str, reply: &v1::InspectResponse, now_ms: u64) -> Report {
         "limit": reply.limit,
         "holders": holders.collect::<Vec<_>>(),
         "next_expiry_ms": reply.next_expiry_ms,
+        "waiters": reply.waiters,
+        "admin": admin_json(reply.admin.as_ref()),
     });
     let name = format!("{} {} in scope {scope}", kind_name(reply.kind), reply.key);
-    if !reply.exists {
-        return Report::ok(json, format!("{name}: no state (never used, or idle)\n"));
+    let mut text = if reply.exists {
+        format!("{name}: used {} of {}\n", reply.used, reply.limit)
+    } else {
+        format!("{name}: no state (never used, or idle)\n")
+    };
+    text += &admin_text(reply.admin.as_ref());
+    if reply.waiters > 0 {
+        text += &format!("waiters: {}\n", reply.waiters);
     }
-    let mut text = format!("{name}: used {} of {}\n", reply.used, reply.limit);
     if let Some(at_ms) = reply.next_expiry_ms {
         text += &format!("next change by time: {}\n", render::when(at_ms, now_ms));
     }
@@ -143,6 +150,29 @@ pub async fn adjust_capacity(args: AdjustCapacityArgs) -> Result<Report, Status>
     Ok(capacity(&args.scope, &reply))
 }
 
+/// A key's operator settings as JSON: `paused`, and `pinned` as the flag
+/// that gives the limit (null when none).
+pub fn admin_json(admin: Option<&v1::KeyAdmin>) -> serde_json::Value {
+    let admin = admin.cloned().unwrap_or_default();
+    json!({
+        "paused": admin.paused,
+        "pinned": admin.pinned.as_ref().map(render::constraint_spec),
+    })
+}
+
+/// The settings that differ from the defaults, one line each.
+pub fn admin_text(admin: Option<&v1::KeyAdmin>) -> String {
+    let admin = admin.cloned().unwrap_or_default();
+    let mut text = String::new();
+    if admin.paused {
+        text += "paused: no new grants until resumed\n";
+    }
+    if let Some(pin) = &admin.pinned {
+        text += &format!("pinned: {}\n", render::constraint_spec(pin));
+    }
+    text
+}
+
 fn capacity(scope: &str, reply: &v1::CapacityResponse) -> Report {
     let json = json!({
         "scope": scope,
@@ -176,6 +206,11 @@ mod tests {
             }],
             next_expiry_ms: Some(30_000),
             served_by: None,
+            admin: Some(v1::KeyAdmin {
+                paused: true,
+                pinned: None,
+            }),
+            waiters: 3,
         };
         let report = inspected("acct", &reply, 10_000);
         assert!(report
@@ -185,5 +220,8 @@ mod tests {
             .text
             .contains("7         1      1970-01-01 00:00:30.000 UTC  20000"));
         assert_eq!(report.json["holders"][0]["expires_in_ms"], 20_000);
+        assert!(report.text.contains("paused: no new grants"));
+        assert!(report.text.contains("waiters: 3"));
+        assert_eq!(report.json["admin"]["paused"], true);
     }
 }

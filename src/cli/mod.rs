@@ -4,10 +4,12 @@
 //!
 //! - [`lease`]: acquire, extend, release, check.
 //! - [`keys`]: inspect, set-capacity, adjust-capacity.
+//! - [`admin`]: pause, resume, pin, unpin, reset.
 //! - [`cluster`]: partitions, status.
 //! - [`spec`]: constraint flags (`jobs=10`) parsed by clap.
 //! - [`render`], [`table`]: output shared by the commands.
 
+mod admin;
 mod cluster;
 mod keys;
 mod lease;
@@ -21,6 +23,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use leasehold::client::{Client, ClientConfig};
 use leasehold::convert::error_detail;
+use leasehold::proto::v1::KeyAction;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 
@@ -91,6 +94,16 @@ pub enum Command {
     SetCapacity(keys::SetCapacityArgs),
     /// Add a signed delta to a semaphore key's capacity
     AdjustCapacity(keys::AdjustCapacityArgs),
+    /// Stop granting on a key; waiters wait, holders may extend and release
+    Pause(admin::KeyArgs),
+    /// Grant on a paused key again
+    Resume(admin::KeyArgs),
+    /// Enforce a limit on a key whatever requests carry
+    Pin(admin::PinArgs),
+    /// Let requests' own limits rule a pinned key again
+    Unpin(admin::KeyArgs),
+    /// Forget a key's usage: holders stop counting, buckets and windows empty
+    Reset(admin::KeyArgs),
     /// The partition map: each partition's replicas, leader and term
     Partitions(cluster::PartitionsArgs),
     /// Every node of the partition map: reachable, groups hosted and led, terms
@@ -124,6 +137,10 @@ impl Command {
             Command::Inspect(a) => &a.connect,
             Command::SetCapacity(a) => &a.connect,
             Command::AdjustCapacity(a) => &a.connect,
+            Command::Pause(a) | Command::Resume(a) | Command::Unpin(a) | Command::Reset(a) => {
+                &a.connect
+            }
+            Command::Pin(a) => &a.connect,
             Command::Partitions(a) => &a.connect,
             Command::Status(a) => &a.connect,
         }
@@ -138,6 +155,11 @@ impl Command {
             Command::Inspect(args) => keys::inspect(args).await,
             Command::SetCapacity(args) => keys::set_capacity(args).await,
             Command::AdjustCapacity(args) => keys::adjust_capacity(args).await,
+            Command::Pause(args) => admin::act(args, KeyAction::Pause).await,
+            Command::Resume(args) => admin::act(args, KeyAction::Resume).await,
+            Command::Pin(args) => admin::pin(args).await,
+            Command::Unpin(args) => admin::act(args, KeyAction::Unpin).await,
+            Command::Reset(args) => admin::act(args, KeyAction::Reset).await,
             Command::Partitions(args) => cluster::partitions(args).await,
             Command::Status(args) => cluster::status(args).await,
         }

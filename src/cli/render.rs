@@ -19,6 +19,21 @@ pub fn kind_name(kind: i32) -> &'static str {
     }
 }
 
+/// A constraint as the flags that give it: `concurrency jobs=5`,
+/// `throttle api=100/1000/5`.
+pub fn constraint_spec(c: &v1::Constraint) -> String {
+    use v1::constraint::Kind;
+    match &c.kind {
+        Some(Kind::Concurrency(c)) => format!("concurrency {}={}", c.key, c.limit),
+        Some(Kind::Throttle(t)) => {
+            format!("throttle {}={}/{}/{}", t.key, t.limit, t.period_ms, t.burst)
+        }
+        Some(Kind::RateLimit(r)) => format!("rate_limit {}={}/{}", r.key, r.limit, r.period_ms),
+        Some(Kind::Semaphore(s)) => format!("semaphore {}={}", s.key, s.weight),
+        None => "unset".to_string(),
+    }
+}
+
 pub fn usage_json(usage: &[v1::Usage]) -> Value {
     let entries = usage.iter().map(|u| {
         json!({
@@ -28,6 +43,7 @@ pub fn usage_json(usage: &[v1::Usage]) -> Value {
             "limit": u.limit,
             "available": u.available,
             "retry_after_ms": u.retry_after_ms,
+            "paused": u.paused,
         })
     });
     Value::Array(entries.collect())
@@ -47,7 +63,11 @@ pub fn usage_table(usage: &[v1::Usage]) -> String {
             u.key.clone(),
             u.used.to_string(),
             u.limit.to_string(),
-            u.available.to_string(),
+            if u.paused {
+                "0 (paused)".to_string()
+            } else {
+                u.available.to_string()
+            },
         ];
         if blocking {
             row.push(u.retry_after_ms.map_or("-".into(), |ms| ms.to_string()));

@@ -247,7 +247,15 @@ impl Client {
                 config,
             }),
         };
-        client.inner.router.refresh().await?;
+        let timeout = client.inner.config.call_timeout;
+        match tokio::time::timeout(timeout, client.inner.router.refresh()).await {
+            Ok(map) => map?,
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no seed answered with a partition map within {timeout:?}"
+                )))
+            }
+        };
         Ok(client)
     }
 
@@ -273,11 +281,15 @@ impl Client {
         self.key_or_new(&mut request.idempotency_key);
         let ttl = Duration::from_millis(request.lease_ttl_ms);
         let sent_at = Instant::now();
+        // A waiting acquire is parked on the leader: each attempt, and the
+        // call, may take that much longer.
+        let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
         let reply = self
-            .call(
+            .call_waiting(
                 &request.scope.clone(),
                 request.clone(),
                 |mut c, r| async move { c.acquire(r).await },
+                wait,
             )
             .await?;
         match reply.result {
@@ -361,6 +373,18 @@ impl Client {
         .await
     }
 
+    /// An operator's action on one key: pause, resume, pin, unpin, reset.
+    pub async fn admin_key(
+        &self,
+        mut request: v1::AdminKeyRequest,
+    ) -> Result<v1::AdminKeyResponse, Status> {
+        self.key_or_new(&mut request.idempotency_key);
+        self.call(&request.scope.clone(), request, |mut c, r| async move {
+            c.admin_key(r).await
+        })
+        .await
+    }
+
     /// The partition map as last fetched.
     pub async fn partition_map(&self) -> Result<v1::PartitionMap, Status> {
         self.inner.router.refresh().await
@@ -426,11 +450,17 @@ impl Client {
                 Err(route::Failure::Retry(status)) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(Status::deadline_exceeded(format!(
-                            "no leader answered within {:?}; last error: {}",
-                            self.inner.config.call_timeout,
-                            status.message()
-                        )));
+                        // The last failure's ErrorDetail (a NOT_LEADER hint,
+                        // say) travels on, for callers that log it.
+                        return Err(Status::with_details(
+                            tonic::Code::DeadlineExceeded,
+                            format!(
+                                "no leader answered within {:?}; last error: {}",
+                                self.inner.config.call_timeout + wait,
+                                status.message()
+                            ),
+                            status.details().to_vec().into(),
+                        ));
                     }
                     attempt += 1;
                     let pause = backoff(attempt, jitter).min(deadline - now);

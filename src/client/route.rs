@@ -34,7 +34,8 @@ served!(
     v1::ReleaseResponse,
     v1::CheckResponse,
     v1::InspectResponse,
-    v1::CapacityResponse
+    v1::CapacityResponse,
+    v1::AdminKeyResponse
 );
 
 pub enum Failure {

@@ -19,6 +19,8 @@ pub(crate) struct View<'a> {
     pub c: &'a Constraint,
     pub rec: Option<&'a KeyRecord>,
     pub now_ms: u64,
+    /// A paused key admits nothing, whatever its usage.
+    pub paused: bool,
 }
 
 /// GCRA parameters of a throttle, in nanoseconds: the emission interval `t`
@@ -126,6 +128,11 @@ impl View<'_> {
     /// Units counted now, the limit they count against, and the whole units
     /// of amount that could be granted now.
     pub fn usage_parts(&self) -> (u64, u64, u64) {
+        let (used, limit, available) = self.unpaused_usage_parts();
+        (used, limit, if self.paused { 0 } else { available })
+    }
+
+    fn unpaused_usage_parts(&self) -> (u64, u64, u64) {
         match *self.c {
             Constraint::Concurrency { limit, .. } => {
                 let (used, _) = self.holding();
@@ -161,6 +168,9 @@ impl View<'_> {
 
     /// Milliseconds until this constraint admits `amount` by time alone.
     pub fn retry_after_ms(&self, amount: u32) -> Option<u64> {
+        if self.paused {
+            return None;
+        }
         let amount = u64::from(amount);
         let at_ms = match *self.c {
             Constraint::Concurrency { limit, .. } => {
@@ -229,6 +239,7 @@ impl View<'_> {
             limit,
             available,
             retry_after_ms: retry_for.and_then(|m| self.retry_after_ms(m)),
+            paused: self.paused,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A command's fingerprint: the hash of what a retry under the same
 //! idempotency key must repeat exactly.
 
-use super::types::{Command, Constraint};
+use super::types::{AdminAction, Command, Constraint, Kind};
 
 /// Hashes every parameter of `cmd` except its scope and idempotency key,
 /// which name its dedup record and so are equal whenever fingerprints are
@@ -45,6 +45,26 @@ pub(crate) fn fingerprint(cmd: &Command, buf: &mut Vec<u8>) -> u64 {
         Command::Expire { until_ms } => {
             buf.push(5);
             put_u64(buf, *until_ms);
+        }
+        Command::Admin(r) => {
+            buf.push(6);
+            buf.push(match r.kind {
+                Kind::Concurrency => 0,
+                Kind::Throttle => 1,
+                Kind::RateLimit => 2,
+                Kind::Semaphore => 3,
+            });
+            put_str(buf, &r.key);
+            match &r.action {
+                AdminAction::Pause => buf.push(0),
+                AdminAction::Resume => buf.push(1),
+                AdminAction::Pin(c) => {
+                    buf.push(2);
+                    constraint(buf, c);
+                }
+                AdminAction::Unpin => buf.push(3),
+                AdminAction::Reset => buf.push(4),
+            }
         }
     }
     xxhash_rust::xxh3::xxh3_64(buf)

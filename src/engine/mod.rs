@@ -112,6 +112,7 @@ impl<S: Store> Engine<S> {
             Command::Release(r) => self.release(r, now_ms)?,
             Command::SetCapacity(r) => self.set_capacity(&r.scope, &r.key, r.capacity, now_ms),
             Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
+            Command::Admin(r) => self.admin(r, now_ms),
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
         if let Some((key, fingerprint)) = dedup {
@@ -189,6 +190,7 @@ impl<S: Store> Engine<S> {
                         limit: f.limit,
                         available: f.available,
                         retry_after_ms: None,
+                        paused: false,
                     })
                     .collect(),
             }),
@@ -208,6 +210,7 @@ impl<S: Store> Engine<S> {
                 key: r.key.clone(),
                 capacity: *capacity,
             },
+            (Recorded::Admin(admin), Command::Admin(_)) => Outcome::Admin(admin.clone()),
             _ => return None,
         };
         Some(outcome)
@@ -243,6 +246,7 @@ impl<S: Store> Engine<S> {
             Outcome::Capacity { capacity, .. } => Recorded::Capacity {
                 capacity: *capacity,
             },
+            Outcome::Admin(admin) => Recorded::Admin(admin.clone()),
             Outcome::Denied(_) | Outcome::Expired(_) => return None,
         })
     }
@@ -279,17 +283,21 @@ impl<S: Store> Engine<S> {
     fn evaluate(
         &self,
         ids: &[KeyId],
-        constraints: &[Constraint],
+        governed: &Governed<'_>,
         amount: u32,
         min_amount: u32,
         now_ms: u64,
     ) -> Evaluation {
         let views = || {
-            ids.iter().zip(constraints).map(move |(id, c)| View {
-                c,
-                rec: self.store.key(id),
-                now_ms,
-            })
+            ids.iter()
+                .zip(governed.constraints.iter())
+                .enumerate()
+                .map(move |(i, (id, c))| View {
+                    c,
+                    rec: self.store.key(id),
+                    now_ms,
+                    paused: governed.paused(i),
+                })
         };
         let grantable = views()
             .map(|view| u32::try_from(view.usage_parts().2).unwrap_or(u32::MAX))
@@ -323,13 +331,39 @@ impl<S: Store> Engine<S> {
         ids
     }
 
+    /// The constraints as operators govern them: pinned limits replace
+    /// those the request carries, and paused keys are flagged.
+    fn govern<'c>(&self, ids: &[KeyId], constraints: &'c [Constraint]) -> Governed<'c> {
+        let mut governed = Governed {
+            constraints: std::borrow::Cow::Borrowed(constraints),
+            paused: 0,
+        };
+        if !self.store.any_admin() {
+            return governed;
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let Some(admin) = self.store.admin(id) else {
+                continue;
+            };
+            if admin.paused {
+                governed.paused |= 1 << i;
+            }
+            if let Some(pin) = &admin.pinned {
+                governed.constraints.to_mut()[i] = pin.clone();
+            }
+        }
+        governed
+    }
+
     /// `key` names the acquire's dedup record.
     fn acquire(&mut self, r: &AcquireRequest, key: DedupKey, now_ms: u64) -> Outcome {
         let ids = Self::key_ids(&r.scope, &r.constraints);
-        let granted = match self.evaluate(&ids, &r.constraints, r.amount, r.min_amount(), now_ms) {
+        let governed = self.govern(&ids, &r.constraints);
+        let granted = match self.evaluate(&ids, &governed, r.amount, r.min_amount(), now_ms) {
             Evaluation::Grant(n) => n,
             Evaluation::Deny(denial) => return Outcome::Denied(denial),
         };
+        let constraints = governed.constraints;
         let mut meta = self.store.meta();
         let lease_id = meta.next_lease_id;
         meta.next_lease_id += 1;
@@ -337,7 +371,7 @@ impl<S: Store> Engine<S> {
         let expires_at_ms = now_ms + r.lease_ttl_ms;
         let mut holds = Vec::new();
         let mut usage = Vec::with_capacity(ids.len());
-        for (id, c) in ids.iter().zip(&r.constraints) {
+        for (id, c) in ids.iter().zip(constraints.iter()) {
             let holder = Holder {
                 expires_at_ms,
                 lease_id,
@@ -401,6 +435,7 @@ impl<S: Store> Engine<S> {
             c,
             rec: Some(rec),
             now_ms,
+            paused: false,
         }
         .usage(None);
         if rec.sweep_at_ms.is_none() {
@@ -624,17 +659,24 @@ impl<S: Store> Engine<S> {
         let now_ms = now_ms.max(self.applied_ms());
         let min_amount = min_amount.unwrap_or(amount);
         let ids = Self::key_ids(scope, constraints);
+        let governed = self.govern(&ids, constraints);
         let (grantable_amount, retry_after_ms) =
-            match self.evaluate(&ids, constraints, amount, min_amount, now_ms) {
+            match self.evaluate(&ids, &governed, amount, min_amount, now_ms) {
                 Evaluation::Grant(n) => (n, Some(0)),
                 Evaluation::Deny(d) => (0, d.retry_after_ms),
             };
         let usage = ids
             .iter()
-            .zip(constraints)
-            .map(|(id, c)| {
+            .zip(governed.constraints.iter())
+            .enumerate()
+            .map(|(i, (id, c))| {
                 let rec = self.store.key(id);
-                let view = View { c, rec, now_ms };
+                let view = View {
+                    c,
+                    rec,
+                    now_ms,
+                    paused: governed.paused(i),
+                };
                 let blocks = view.usage_parts().2 < u64::from(min_amount);
                 view.usage(blocks.then_some(min_amount))
             })
@@ -650,9 +692,13 @@ impl<S: Store> Engine<S> {
     pub fn inspect(&self, scope: &str, kind: Kind, key: &str, now_ms: u64) -> Result<KeyInfo> {
         validate::key_ref(scope, key)?;
         let now_ms = now_ms.max(self.applied_ms());
-        let rec = self.store.key(&KeyId::new(scope, kind, key));
-        // Limits travel with requests; inspection reads the last one seen.
+        let id = KeyId::new(scope, kind, key);
+        let rec = self.store.key(&id);
+        let admin = self.store.admin(&id).cloned().unwrap_or_default();
+        // Limits travel with requests; inspection reads a pinned one, or
+        // else the last one seen.
         let c = match rec.map(|r| &r.state) {
+            _ if admin.pinned.is_some() => admin.pinned.clone().expect("pinned"),
             Some(KeyState::Concurrency { limit, .. }) => Constraint::Concurrency {
                 key: key.to_string(),
                 limit: u32::try_from(*limit).unwrap_or(u32::MAX),
@@ -680,7 +726,12 @@ impl<S: Store> Engine<S> {
                 weight: 1,
             },
         };
-        let view = View { c: &c, rec, now_ms };
+        let view = View {
+            c: &c,
+            rec,
+            now_ms,
+            paused: admin.paused,
+        };
         let (used, limit, _) = view.usage_parts();
         let holders: Vec<Holder> = rec
             .map(|r| {
@@ -705,7 +756,59 @@ impl<S: Store> Engine<S> {
             limit,
             holders,
             next_expiry_ms,
+            admin,
         })
+    }
+
+    fn admin(&mut self, r: &AdminRequest, now_ms: u64) -> Outcome {
+        let id = KeyId::new(&r.scope, r.kind, &r.key);
+        let mut admin = self.store.admin(&id).cloned().unwrap_or_default();
+        match &r.action {
+            AdminAction::Pause => admin.paused = true,
+            AdminAction::Resume => admin.paused = false,
+            AdminAction::Pin(c) => admin.pinned = Some(c.clone()),
+            AdminAction::Unpin => admin.pinned = None,
+            AdminAction::Reset => self.reset(id, now_ms),
+        }
+        self.store.set_admin(id, admin.clone());
+        Outcome::Admin(admin)
+    }
+
+    /// Forgets a key's usage (see [`AdminAction::Reset`]).
+    fn reset(&mut self, id: KeyId, now_ms: u64) {
+        let Some(rec) = self.store.remove_key(&id) else {
+            return;
+        };
+        if let Some(at) = rec.sweep_at_ms {
+            self.store.remove_deadline(at, &Deadline::Key(id));
+        }
+        for holder in &rec.holders {
+            if let Some(lease) = self.store.lease_mut(holder.lease_id) {
+                lease.holds.retain(|hold| hold.key != id);
+            }
+        }
+        if let KeyState::Semaphore { capacity, .. } = rec.state {
+            let mut fresh = rec;
+            fresh.state = KeyState::Semaphore { used: 0, capacity };
+            fresh.holders.clear();
+            fresh.sweep_at_ms = None;
+            if !constraint::is_idle(&fresh, now_ms) {
+                self.store.insert_key(id, fresh);
+            }
+        }
+    }
+}
+
+/// A request's constraints as operators govern them (see `Engine::govern`).
+struct Governed<'c> {
+    constraints: std::borrow::Cow<'c, [Constraint]>,
+    /// Bit `i` set: constraint `i`'s key is paused.
+    paused: u32,
+}
+
+impl Governed<'_> {
+    fn paused(&self, i: usize) -> bool {
+        self.paused & (1 << i) != 0
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Holder, Kind, LeaseId};
+use super::types::{Holder, KeyAdmin, Kind, LeaseId};
 
 /// Hash maps keyed by client-chosen strings: a fast hasher, seeded per
 /// process so crafted keys cannot aim at collisions.
@@ -198,6 +198,7 @@ pub enum Recorded {
     Capacity {
         capacity: u64,
     },
+    Admin(KeyAdmin),
 }
 
 /// The figures of a grant's usage, one per constraint in request order:
@@ -264,6 +265,13 @@ pub trait Store {
     fn first_deadline(&self) -> Option<(u64, Deadline)>;
     fn insert_deadline(&mut self, at_ms: u64, deadline: Deadline);
     fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline);
+
+    /// Whether any key has operator settings: when none has, requests need
+    /// not look them up.
+    fn any_admin(&self) -> bool;
+    fn admin(&self, id: &KeyId) -> Option<&KeyAdmin>;
+    /// Stores `admin` for `id`; default settings remove its record.
+    fn set_admin(&mut self, id: KeyId, admin: KeyAdmin);
 }
 
 /// The in-memory store: hash maps for point access, ordered sets for
@@ -276,6 +284,7 @@ pub struct MemStore {
     leases: HashMap<LeaseId, Lease>,
     dedup: HashMap<DedupKey, DedupRecord>,
     deadlines: Deadlines,
+    admin: HashMap<KeyId, KeyAdmin>,
 }
 
 /// Deadlines by kind, which together order as `(instant, Deadline)`.
@@ -409,6 +418,7 @@ struct Canonical {
     dedup: BTreeMap<DedupKey, DedupRecord>,
     /// Strictly increasing: encodes as the ordered set it is.
     deadlines: Vec<(u64, Deadline)>,
+    admin: BTreeMap<KeyId, KeyAdmin>,
 }
 
 impl MemStore {
@@ -424,6 +434,7 @@ impl MemStore {
             leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
             dedup: self.dedup.iter().map(|(k, v)| (*k, v.clone())).collect(),
             deadlines: self.deadlines.sorted(),
+            admin: self.admin.iter().map(|(k, v)| (*k, v.clone())).collect(),
         };
         postcard::to_stdvec(&canonical).expect("in-memory records always serialize")
     }
@@ -436,6 +447,7 @@ impl MemStore {
             leases: c.leases.into_iter().collect(),
             dedup: c.dedup.into_iter().collect(),
             deadlines: Deadlines::from_sorted(c.deadlines),
+            admin: c.admin.into_iter().collect(),
         })
     }
 
@@ -519,5 +531,19 @@ impl Store for MemStore {
     }
     fn remove_deadline(&mut self, at_ms: u64, deadline: &Deadline) {
         self.deadlines.remove(at_ms, deadline);
+    }
+
+    fn any_admin(&self) -> bool {
+        !self.admin.is_empty()
+    }
+    fn admin(&self, id: &KeyId) -> Option<&KeyAdmin> {
+        self.admin.get(id)
+    }
+    fn set_admin(&mut self, id: KeyId, admin: KeyAdmin) {
+        if admin.is_default() {
+            self.admin.remove(&id);
+        } else {
+            self.admin.insert(id, admin);
+        }
     }
 }

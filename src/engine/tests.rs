@@ -152,6 +152,9 @@ fn write_usage(out: &mut String, u: &Usage) {
     if let Some(r) = u.retry_after_ms {
         let _ = write!(out, " retry_after={r}");
     }
+    if u.paused {
+        out.push_str(" paused");
+    }
     out.push('\n');
 }
 
@@ -184,6 +187,9 @@ fn write_outcome(out: &mut String, applied: &Applied) {
         Outcome::Capacity { key, capacity } => {
             let _ = writeln!(out, "capacity {key}={capacity}");
         }
+        Outcome::Admin(admin) => {
+            let _ = writeln!(out, "admin {}", admin_text(admin));
+        }
         Outcome::Expired(r) => {
             let _ = writeln!(
                 out,
@@ -192,6 +198,14 @@ fn write_outcome(out: &mut String, applied: &Applied) {
             );
         }
     }
+}
+
+fn admin_text(admin: &KeyAdmin) -> String {
+    let pinned = match &admin.pinned {
+        None => "none".to_string(),
+        Some(c) => format!("{c:?}"),
+    };
+    format!("paused={} pinned={pinned}", admin.paused)
 }
 
 fn write_error(out: &mut String, e: &EngineError) {
@@ -234,6 +248,19 @@ fn run_block(engine: &mut Engine<MemStore>, block: &Block) -> String {
             scope: a.scope(),
             key: a.str("key"),
             delta: a.num("delta"),
+            idempotency_key: a.str("idem"),
+        }),
+        "pause" | "resume" | "pin" | "unpin" | "reset" => Command::Admin(AdminRequest {
+            scope: a.scope(),
+            kind: kind(&a.str("kind")),
+            key: a.str("key"),
+            action: match name.as_str() {
+                "pause" => AdminAction::Pause,
+                "resume" => AdminAction::Resume,
+                "pin" => AdminAction::Pin(constraints.into_iter().next().expect("a pinned limit")),
+                "unpin" => AdminAction::Unpin,
+                _ => AdminAction::Reset,
+            },
             idempotency_key: a.str("idem"),
         }),
         "expire" => Command::Expire {
@@ -289,6 +316,9 @@ fn run_read(
                     k.limit,
                     opt(k.next_expiry_ms)
                 );
+                if !k.admin.is_default() {
+                    let _ = writeln!(out, "  admin {}", admin_text(&k.admin));
+                }
                 for h in &k.holders {
                     let _ = writeln!(
                         out,

@@ -125,6 +125,59 @@ pub struct AdjustCapacityRequest {
     pub idempotency_key: String,
 }
 
+/// An operator's action on one constraint key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AdminAction {
+    /// No new grants on the key until resumed; waiters keep waiting.
+    Pause,
+    Resume,
+    /// Enforce these limits whatever requests carry. The constraint's kind
+    /// and key are the request's; a semaphore cannot be pinned (its capacity
+    /// is already set at run time).
+    Pin(Constraint),
+    Unpin,
+    /// Forget the key's usage: holders stop counting against it (their
+    /// leases live on), a throttle's bucket and a rate limit's window empty.
+    /// A semaphore keeps its capacity; pause and pin stay as they are.
+    Reset,
+}
+
+impl AdminAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AdminAction::Pause => "pause",
+            AdminAction::Resume => "resume",
+            AdminAction::Pin(_) => "pin",
+            AdminAction::Unpin => "unpin",
+            AdminAction::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AdminRequest {
+    pub scope: String,
+    pub kind: Kind,
+    pub key: String,
+    pub action: AdminAction,
+    pub idempotency_key: String,
+}
+
+/// A key's operator settings. They outlive the key's state: an idle key
+/// whose record is dropped stays paused or pinned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyAdmin {
+    pub paused: bool,
+    /// Limits that replace those requests carry.
+    pub pinned: Option<Constraint>,
+}
+
+impl KeyAdmin {
+    pub fn is_default(&self) -> bool {
+        !self.paused && self.pinned.is_none()
+    }
+}
+
 /// A command of the replicated log. The proposer stamps it with its clock;
 /// the engine never reads one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +187,7 @@ pub enum Command {
     Release(ReleaseRequest),
     SetCapacity(SetCapacityRequest),
     AdjustCapacity(AdjustCapacityRequest),
+    Admin(AdminRequest),
     /// The scavenger: drop expired leases, idle keys and dedup records whose
     /// time is at or before `min(until_ms, applied time)`.
     Expire {
@@ -151,6 +205,7 @@ impl Command {
             Command::Release(r) => (&r.scope, &r.idempotency_key),
             Command::SetCapacity(r) => (&r.scope, &r.idempotency_key),
             Command::AdjustCapacity(r) => (&r.scope, &r.idempotency_key),
+            Command::Admin(r) => (&r.scope, &r.idempotency_key),
             Command::Expire { .. } => return None,
         };
         Some((scope, key))
@@ -175,6 +230,8 @@ pub struct Usage {
     /// minimum amount, if nothing else happens meanwhile. `None` when no
     /// passage of time alone will do (a semaphore whose capacity is too small).
     pub retry_after_ms: Option<u64>,
+    /// The key is paused: it grants nothing until resumed.
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +283,8 @@ pub enum Outcome {
         key: String,
         capacity: u64,
     },
+    /// A key's operator settings after an admin action.
+    Admin(KeyAdmin),
     Expired(PurgeReport),
 }
 
@@ -274,4 +333,5 @@ pub struct KeyInfo {
     /// a holder expires, the throttle bucket drains, a rate-limit grant leaves
     /// the window.
     pub next_expiry_ms: Option<u64>,
+    pub admin: KeyAdmin,
 }

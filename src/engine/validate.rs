@@ -4,8 +4,8 @@
 
 use super::error::EngineError;
 use super::types::{
-    AcquireRequest, AdjustCapacityRequest, Command, Constraint, ExtendRequest, ReleaseRequest,
-    SetCapacityRequest,
+    AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Command, Constraint,
+    ExtendRequest, Kind, ReleaseRequest, SetCapacityRequest,
 };
 use crate::limits::*;
 
@@ -18,6 +18,7 @@ pub fn command(cmd: &Command) -> Result {
         Command::Release(r) => release(r),
         Command::SetCapacity(r) => set_capacity(r),
         Command::AdjustCapacity(r) => adjust_capacity(r),
+        Command::Admin(r) => admin(r),
         Command::Expire { .. } => Ok(()),
     }
 }
@@ -109,7 +110,7 @@ pub fn demand(
         ));
     }
     for (i, c) in constraints.iter().enumerate() {
-        constraint(i, c, min_amount)?;
+        constraint(Some(i), c, min_amount)?;
         // At most 16 constraints: a scan beats hashing. The latest earlier
         // use of the key is the one named.
         let earlier = constraints[..i].iter().enumerate().rev();
@@ -133,9 +134,13 @@ pub fn demand(
     Ok(())
 }
 
-/// Checks one constraint, including that its limit can ever admit `min_amount`.
-fn constraint(i: usize, c: &Constraint, min_amount: u32) -> Result {
-    let field = |name: &str| format!("constraints[{i}].{}.{name}", c.kind().as_str());
+/// Checks one constraint, including that its limit can ever admit
+/// `min_amount`: request constraint `at`, or with `None` an admin pin.
+fn constraint(at: Option<usize>, c: &Constraint, min_amount: u32) -> Result {
+    let field = |name: &str| match at {
+        Some(i) => format!("constraints[{i}].{}.{name}", c.kind().as_str()),
+        None => format!("pin.{}.{name}", c.kind().as_str()),
+    };
     let invalid =
         |name: &'static str| move |reason: String| EngineError::invalid(field(name), reason);
     bytes_ok(c.key(), KEY_BYTES_MAX).map_err(invalid("key"))?;
@@ -215,4 +220,35 @@ pub fn adjust_capacity(r: &AdjustCapacityRequest) -> Result {
     }
     range("delta", r.delta.unsigned_abs(), 1, CAPACITY_MAX)?;
     idempotency_key(&r.idempotency_key)
+}
+
+pub fn admin(r: &AdminRequest) -> Result {
+    key_ref(&r.scope, &r.key)?;
+    idempotency_key(&r.idempotency_key)?;
+    let AdminAction::Pin(pin) = &r.action else {
+        return Ok(());
+    };
+    if r.kind == Kind::Semaphore {
+        return Err(EngineError::invalid(
+            "kind",
+            "a semaphore cannot be pinned: its capacity is set at run time",
+        ));
+    }
+    if pin.kind() != r.kind {
+        return Err(EngineError::invalid(
+            "pin",
+            format!(
+                "is a {} constraint, but the key is a {}",
+                pin.kind().as_str(),
+                r.kind.as_str()
+            ),
+        ));
+    }
+    if pin.key() != r.key {
+        return Err(EngineError::invalid(
+            format!("pin.{}.key", pin.kind().as_str()),
+            "must equal key",
+        ));
+    }
+    constraint(None, pin, 1)
 }

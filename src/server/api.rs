@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prost::Message as _;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -19,7 +20,9 @@ use super::node::Node;
 use super::turns::{Place, Turns};
 use crate::convert::{error_status, CheckArgs, InspectArgs};
 use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
-use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, WAITERS_MAX, WAIT_MS_MAX};
+use crate::limits::{
+    IDEMPOTENCY_KEY_BYTES_MAX, WAITERS_MAX, WAITER_BYTES_MAX, WAITER_OVERHEAD_BYTES, WAIT_MS_MAX,
+};
 use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::leasehold_server::Leasehold;
@@ -124,8 +127,20 @@ call!(
     adjust_capacity
 );
 
+call!(
+    v1::AdminKeyRequest,
+    v1::AdminKeyResponse,
+    "AdminKey",
+    admin_key
+);
+
 type Reader<R> = Box<dyn Fn(&Engine<MemStore>, u64) -> Result<R, Status> + Send + Sync>;
 type Writer<R> = Box<dyn Fn(Applied) -> Result<R, Status> + Send + Sync>;
+
+/// The turn queue of waiters whose first constraint is (scope, kind, key).
+fn queue_name(scope: &str, kind: &str, key: &str) -> String {
+    format!("{scope}\0{kind}\0{key}")
+}
 
 /// How a call executes on the leader.
 enum Exec<R> {
@@ -139,6 +154,8 @@ pub struct Api {
     node: Arc<Node>,
     /// Slots for parked acquires on this node.
     waiters: Arc<Semaphore>,
+    /// Bytes parked acquires may keep on this node.
+    waiter_bytes: Arc<Semaphore>,
     /// Whose turn it is to retry, per first constraint key with waiters.
     turns: Turns,
 }
@@ -148,6 +165,7 @@ impl Api {
         Api {
             node,
             waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
+            waiter_bytes: Arc::new(Semaphore::new(WAITER_BYTES_MAX)),
             turns: Turns::default(),
         }
     }
@@ -162,7 +180,7 @@ impl Api {
             Some(constraint::Kind::Semaphore(c)) => ("semaphore", c.key.as_str()),
             None => ("", ""),
         };
-        format!("{}\0{kind}\0{key}", request.scope)
+        queue_name(&request.scope, kind, key)
     }
 
     /// An acquire that waits for capacity, on the partition's leader: in
@@ -179,6 +197,15 @@ impl Api {
             return Err(Status::resource_exhausted(format!(
                 "this node already holds {WAITERS_MAX} waiting acquires; retry later or \
                  without wait_ms"
+            )));
+        };
+        // What a parked acquire keeps: its request, the retry's copy and
+        // the bookkeeping around them.
+        let bytes = 2 * message.encoded_len() + WAITER_OVERHEAD_BYTES;
+        let Ok(_bytes) = Arc::clone(&self.waiter_bytes).try_acquire_many_owned(bytes as u32) else {
+            return Err(Status::resource_exhausted(format!(
+                "waiting acquires on this node already hold nearly {WAITER_BYTES_MAX} bytes; \
+                 retry later or without wait_ms"
             )));
         };
         metrics::gauge!("leasehold_waiters")
@@ -633,13 +660,30 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::InspectRequest>,
     ) -> Result<Response<v1::InspectResponse>, Status> {
-        self.serve(request, |r| {
+        let turns = self.turns.clone();
+        self.serve(request, move |r| {
             let args = InspectArgs::try_from(r.clone())?;
+            let turns = turns.clone();
             Ok(Exec::Read(Box::new(move |engine, now| {
-                Ok(engine
+                let mut reply: v1::InspectResponse = engine
                     .inspect(&args.scope, args.kind, &args.key, now)?
-                    .into())
+                    .into();
+                // Waiters park on the leader, which is who reads here.
+                let name = queue_name(&args.scope, args.kind.as_str(), &args.key);
+                reply.waiters = u32::try_from(turns.waiters(&name)).unwrap_or(u32::MAX);
+                Ok(reply)
             })))
+        })
+        .await
+    }
+
+    async fn admin_key(
+        &self,
+        request: Request<v1::AdminKeyRequest>,
+    ) -> Result<Response<v1::AdminKeyResponse>, Status> {
+        self.serve(request, |r| {
+            let cmd = Command::Admin(r.clone().try_into()?);
+            Self::write::<v1::AdminKeyRequest>(cmd, |a| a.try_into())
         })
         .await
     }

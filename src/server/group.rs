@@ -288,6 +288,7 @@ async fn propose_loop(
                     | Command::Expire { .. }
                     | Command::SetCapacity(_)
                     | Command::AdjustCapacity(_)
+                    | Command::Admin(_)
             )
         });
         let capacity_changed = Arc::clone(&capacity_changed);

@@ -109,6 +109,21 @@ impl Turns {
         queues.remove(name);
     }
 
+    /// Acquires in queue `name`: the turn's holder and those still
+    /// waiting for it.
+    pub fn waiters(&self, name: &str) -> usize {
+        let queues = self.queues.lock().expect("turn queues");
+        queues.get(name).map_or(0, |q| {
+            let waiting: usize = q
+                .waiting
+                .values()
+                .flatten()
+                .filter(|tx| !tx.is_closed())
+                .count();
+            usize::from(q.busy) + waiting
+        })
+    }
+
     /// Queues with waiters or a turn held.
     pub fn active_queues(&self) -> usize {
         self.queues.lock().expect("turn queues").len()
@@ -138,6 +153,11 @@ mod tests {
         let a3 = queued(turns.join("k", "a"));
         let a4 = queued(turns.join("k", "a"));
         let b1 = queued(turns.join("k", "b"));
+        assert_eq!(
+            turns.waiters("k"),
+            5,
+            "expected the holder and four waiting"
+        );
         let mut order = Vec::new();
         drop(first);
         let mut pending = vec![("a2", a2), ("a3", a3), ("a4", a4), ("b1", b1)];

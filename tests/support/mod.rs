@@ -326,6 +326,20 @@ impl Cluster {
         LeaseholdClient::new(self.channel(id, timeout))
     }
 
+    /// The Rust client, seeded with every node; each call (retries
+    /// included) may take `call_timeout`.
+    pub async fn rust_client(&self, call_timeout: Duration) -> leasehold::client::Client {
+        let seeds = self
+            .ids()
+            .into_iter()
+            .map(|id| self.grpc_addr(id).to_string());
+        let mut config = leasehold::client::ClientConfig::new(seeds);
+        config.call_timeout = call_timeout;
+        leasehold::client::Client::connect(config)
+            .await
+            .expect("the client connects to a ready cluster")
+    }
+
     /// A client of node `id`'s node-to-node API.
     pub fn peer(&self, id: u64) -> PeerClient<Channel> {
         PeerClient::new(self.channel(id, PROBE_TIMEOUT))

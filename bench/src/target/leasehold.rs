@@ -1,0 +1,227 @@
+//! Leasehold as a local cluster of `leasehold serve` processes (fsync on,
+//! as always), driven through the Rust client, which routes each call to
+//! its partition's leader.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use leasehold::client::{Acquire, Acquired, Client, ClientConfig};
+use leasehold::proto::v1;
+
+use super::{Held, Outcome};
+use crate::procs::{self, Proc, Scratch};
+use crate::spec::{Constraint, Request};
+
+/// How long a node may take to report every group it hosts led.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub node_id: u64,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    pub data_dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+/// A local cluster: one `serve` process per node, data and logs in a
+/// scratch directory.
+pub struct Cluster {
+    bin: PathBuf,
+    members: String,
+    partitions: u32,
+    pub nodes: Vec<Node>,
+    // Last: the processes go before their directory.
+    scratch: Scratch,
+}
+
+impl Cluster {
+    /// Starts `count` nodes with `partitions` partitions, replication factor
+    /// 3, and waits until every node is ready.
+    pub fn start(bin: &Path, count: u64, partitions: u32) -> Result<Cluster> {
+        let scratch = Scratch::new("leasehold")?;
+        let ports = procs::free_ports(2 * count as usize)?;
+        let nodes: Vec<Node> = (0..count as usize)
+            .map(|i| Node {
+                node_id: i as u64 + 1,
+                grpc: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                http: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                data_dir: scratch.path().join(format!("node-{}", i + 1)),
+                proc: None,
+            })
+            .collect();
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.node_id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            bin: bin.to_path_buf(),
+            members,
+            partitions,
+            nodes,
+            scratch,
+        };
+        for node_id in 1..=count {
+            cluster.spawn(node_id)?;
+        }
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn node(&mut self, node_id: u64) -> &mut Node {
+        &mut self.nodes[node_id as usize - 1]
+    }
+
+    fn spawn(&mut self, node_id: u64) -> Result<()> {
+        let (bin, members, partitions) = (self.bin.clone(), self.members.clone(), self.partitions);
+        let log = self.scratch.path().join(format!("node-{node_id}.log"));
+        let node = self.node(node_id);
+        std::fs::create_dir_all(&node.data_dir)?;
+        let mut command = Command::new(&bin);
+        command
+            .arg("serve")
+            .args(["--node-id", &node_id.to_string()])
+            .args(["--grpc-addr", &node.grpc.to_string()])
+            .args(["--advertise-addr", &node.grpc.to_string()])
+            .args(["--http-addr", &node.http.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--members", &members])
+            .args(["--partitions", &partitions.to_string()])
+            .args(["--replication-factor", "3"])
+            .env("RUST_LOG", "warn");
+        node.proc = Some(Proc::spawn(
+            &format!("leasehold node {node_id}"),
+            &mut command,
+            &log,
+        )?);
+        Ok(())
+    }
+
+    /// Waits until every running node answers /ready with 200.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let addrs: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| n.proc.is_some())
+            .map(|n| n.http)
+            .collect();
+        let mut procs: Vec<&mut Proc> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.proc.as_mut())
+            .collect();
+        procs::wait_http_ok(&mut procs, &addrs, "/ready", READY_TIMEOUT)
+            .context("waiting for the Leasehold cluster to be ready")
+    }
+
+    /// kill -9 of one node.
+    pub fn kill(&mut self, node_id: u64) {
+        if let Some(mut p) = self.node(node_id).proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts a killed node again on its data and waits for readiness.
+    pub fn restart(&mut self, node_id: u64) -> Result<()> {
+        self.spawn(node_id)?;
+        self.wait_ready()
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc.to_string()).collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.proc.as_ref().map(Proc::pid))
+            .collect()
+    }
+
+    /// SIGTERM to every node, SIGKILL after the grace.
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut p) = node.proc.take() {
+                p.stop(Duration::from_secs(15));
+            }
+        }
+    }
+
+    /// A client with deadlines long enough for the wait workload.
+    pub async fn client(&self) -> Result<Client> {
+        let mut config = ClientConfig::new(self.seeds());
+        config.call_timeout = Duration::from_secs(10);
+        // An attempt must outlive a waiting acquire's wait.
+        config.attempt_timeout = Duration::from_secs(5);
+        config.max_in_flight = 1 << 20;
+        Client::connect(config)
+            .await
+            .context("connecting to the Leasehold cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every call of a run goes through one client: its HTTP/2 channel per node
+/// is shared by all callers.
+#[derive(Clone)]
+pub struct Conn {
+    pub client: Client,
+}
+
+impl Conn {
+    pub async fn acquire(&self, request: &Request, idempotency_key: &str) -> Result<Outcome> {
+        let mut acquire = Acquire::new(request.scope.clone())
+            .ttl(Duration::from_millis(request.ttl_ms))
+            .idempotency_key(idempotency_key);
+        for c in &request.constraints {
+            acquire = match c {
+                Constraint::Concurrency { key, limit } => acquire.concurrency(key.clone(), *limit),
+                Constraint::Throttle {
+                    key,
+                    limit,
+                    period_ms,
+                    burst,
+                } => acquire.throttle(key.clone(), *limit, *period_ms, *burst),
+            };
+        }
+        if let Some(wait_ms) = request.wait_ms {
+            acquire = acquire.wait(Duration::from_millis(wait_ms));
+        }
+        Ok(match self.client.acquire(acquire).await? {
+            Acquired::Granted(lease) => {
+                let lease_id = lease.lease_id();
+                // Released by id (with our own idempotency key), not on drop.
+                lease.detach();
+                Outcome::Granted(Held {
+                    scope: request.scope.clone(),
+                    lease_id,
+                    holders: Vec::new(),
+                })
+            }
+            Acquired::Denied(denial) => Outcome::Denied {
+                retry_after_ms: denial.retry_after_ms,
+            },
+        })
+    }
+
+    pub async fn release(&self, held: &Held, idempotency_key: &str) -> Result<bool> {
+        let reply = self
+            .client
+            .release(v1::ReleaseRequest {
+                scope: held.scope.clone(),
+                lease_id: held.lease_id,
+                idempotency_key: idempotency_key.to_string(),
+            })
+            .await?;
+        Ok(reply.was_held)
+    }
+}

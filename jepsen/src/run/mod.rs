@@ -1,0 +1,389 @@
+//! One chaos run, start to end:
+//!
+//! - [`schedule`]: the fault schedule, drawn from the seed ([`rng`]).
+//! - [`cluster`]: the nodes, on [`docker`] containers or, where Docker is
+//!   missing, [`netns`] network namespaces.
+//! - [`client`], [`workload`]: clients calling one chosen node per op,
+//!   recorded by [`recorder`] into the history.
+//! - [`nemesis`]: carries out the schedule for real.
+//! - [`phases`]: after the faults, the `final` and `durability` phases.
+//! - [`report`], [`plot`]: verdicts, availability and the latency picture.
+
+pub mod client;
+pub mod cluster;
+pub mod docker;
+pub mod nemesis;
+pub mod netns;
+pub mod phases;
+pub mod plot;
+pub mod recorder;
+pub mod report;
+pub mod rng;
+pub mod schedule;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use leasehold_jepsen::check::{self, Params};
+
+use client::Clients;
+use cluster::{BackendChoice, Cluster, ClusterSpec};
+use recorder::Recorder;
+use schedule::{ClockFault, Fault, NemesisKind, Step};
+use workload::{Ctx, Workload};
+
+/// The most nodes a run may have.
+const NODES_MAX: u64 = 7;
+/// Added to the clock bounds a schedule implies: a node reads its clock
+/// file every 50 ms, and a fault starts and stops a little late.
+const CLOCK_SLACK_MARGIN_MS: u64 = 250;
+
+/// Runs Leasehold on real hosts, breaks it, records what clients saw, and
+/// checks it. Exit status: 0 valid, 1 a checker found a violation or the
+/// cluster did not recover, 2 the run itself could not be carried out.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "leasehold-jepsen", version)]
+pub struct Options {
+    /// Nodes in the cluster, each its own host
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
+    pub nodes: u64,
+    /// Seconds of the main phase: clients and faults
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub time_limit: u64,
+    /// Faults to inject, comma-separated; each kind runs at least once when
+    /// the time limit allows
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "partition,kill,pause,clock"
+    )]
+    pub nemesis: Vec<NemesisKind>,
+    /// What the clients do
+    #[arg(long, value_enum, default_value_t = Workload::Leases)]
+    pub workload: Workload,
+    /// Seeds the fault schedule and the clients' choices; a seed replays
+    /// its schedule
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where the history, report, plot and node logs go [default: jepsen-out/<workload>-<seed>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The leasehold binary [default: `leasehold` beside this binary]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Where the nodes run
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Partitions (Raft groups) of the cluster
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub partitions: u32,
+    /// Client workers [default: 2 per node]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub concurrency: Option<u64>,
+    /// Print the fault schedule and exit
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// How a run ended.
+pub enum Ending {
+    Valid,
+    Invalid,
+}
+
+pub async fn run(options: Options) -> Result<Ending> {
+    let mut kinds = options.nemesis.clone();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let steps = schedule::generate(
+        options.seed,
+        options.nodes,
+        &kinds,
+        options.time_limit * 1000,
+    );
+    println!("{}", header(&options));
+    println!("fault schedule (seed {}):", options.seed);
+    for step in &steps {
+        println!("  {step}");
+    }
+    if options.dry_run {
+        return Ok(Ending::Valid);
+    }
+    let out = prepare_out(&options)?;
+    let binary = match &options.binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .join("leasehold"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "no leasehold binary at {}: build it with `cargo build --release` or pass --binary",
+            binary.display()
+        );
+    }
+    let spec = ClusterSpec {
+        nodes: options.nodes,
+        partitions: options.partitions,
+        binary,
+        dir: out.join("nodes"),
+    };
+    let mut cluster = Cluster::start(&spec, options.backend).await?;
+    println!(
+        "cluster: {} nodes on {}",
+        cluster.nodes.len(),
+        cluster.backend_name()
+    );
+    // Ctrl-C still tears the cluster down rather than leave it running.
+    let result = tokio::select! {
+        result = drive(&options, &mut cluster, &steps, &out) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(error) = cluster.teardown().await {
+        println!("teardown: {error:#}");
+    }
+    result
+}
+
+fn header(options: &Options) -> String {
+    let kinds: Vec<&str> = options.nemesis.iter().map(|k| k.name()).collect();
+    format!(
+        "leasehold-jepsen: {} nodes, {} s, nemesis {}, workload {}, seed {}",
+        options.nodes,
+        options.time_limit,
+        if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(",")
+        },
+        options.workload.name(),
+        options.seed
+    )
+}
+
+/// The output directory, emptied of an earlier run's nodes and files.
+fn prepare_out(options: &Options) -> Result<PathBuf> {
+    let out = options.out.clone().unwrap_or_else(|| {
+        PathBuf::from("jepsen-out").join(format!("{}-{}", options.workload.name(), options.seed))
+    });
+    for stale in [
+        "nodes",
+        "history.jsonl",
+        "report.txt",
+        "report.json",
+        "latency.svg",
+    ] {
+        let path = out.join(stale);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(std::fs::canonicalize(&out)?)
+}
+
+/// Everything between a started cluster and its teardown.
+async fn drive(
+    options: &Options,
+    cluster: &mut Cluster,
+    steps: &[Step],
+    out: &Path,
+) -> Result<Ending> {
+    let clients = Clients::new(&cluster.nodes);
+    phases::wait_ready(cluster, &clients)
+        .await
+        .context("the fresh cluster never became ready")?;
+    let start = Instant::now();
+    let history_path = out.join("history.jsonl");
+    let recorder = Arc::new(Recorder::create(&history_path, start)?);
+    let ctx = Arc::new(Ctx {
+        clients: clients.clone(),
+        recorder: Arc::clone(&recorder),
+        keys: options.workload.keys(options.partitions),
+        workload: options.workload,
+    });
+
+    println!("main phase: {} s", options.time_limit);
+    let deadline = start + Duration::from_secs(options.time_limit);
+    let workers: Vec<_> = (0..options.concurrency.unwrap_or(2 * options.nodes))
+        .map(|i| {
+            tokio::spawn(workload::worker(
+                Arc::clone(&ctx),
+                i,
+                options.seed,
+                deadline,
+            ))
+        })
+        .collect();
+    nemesis::run(cluster, &clients, &recorder, steps, (start, deadline)).await;
+    let mut unknown = Vec::new();
+    for worker in workers {
+        unknown.push(worker.await.context("a client worker panicked")?);
+    }
+
+    let mut problems = Vec::new();
+    nemesis::heal_network_and_clocks(cluster).await?;
+    println!(
+        "healed; waiting for the cluster, then {} ms for leases to end",
+        options.workload.settle_ms()
+    );
+    match phases::wait_ready(cluster, &clients).await {
+        Ok(()) => {
+            if let Err(error) = phases::wait_stable(&clients).await {
+                problems.push(format!("after healing: {error:#}"));
+            }
+            if options.workload == Workload::Linear {
+                println!("resolving the outcomes clients never learned");
+                let resolving: Vec<_> = (0u64..)
+                    .zip(unknown)
+                    .map(|(i, calls)| tokio::spawn(workload::resolve(Arc::clone(&ctx), i, calls)))
+                    .collect();
+                for task in resolving {
+                    task.await.context("a resolving worker panicked")?;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(options.workload.settle_ms())).await;
+            println!("final phase");
+            phases::final_phase(&ctx).await;
+            if options.nemesis.contains(&NemesisKind::Kill) {
+                println!("durability phase: kill -9 every node, restart, inspect");
+                if let Err(error) = phases::durability_phase(cluster, &ctx).await {
+                    problems.push(format!("durability phase: {error:#}"));
+                }
+            }
+        }
+        Err(error) => problems.push(format!(
+            "the cluster did not recover after healing: {error:#}"
+        )),
+    }
+    conclude(options, cluster, steps, out, &recorder, problems)
+}
+
+fn conclude(
+    options: &Options,
+    cluster: &Cluster,
+    steps: &[Step],
+    out: &Path,
+    recorder: &Recorder,
+    problems: Vec<String>,
+) -> Result<Ending> {
+    let history = recorder.finish()?;
+    let params = check_params(steps);
+    let verdicts = check::all(&history, &params);
+    let ops = history.pairs().unwrap_or_default();
+    let windows = report::windows(&history);
+    let plot_path = out.join("latency.svg");
+    let title = format!("{} — latency by outcome, faults shaded", header(options));
+    std::fs::write(&plot_path, plot::svg(&title, &ops, &windows)).context("writing the plot")?;
+    let inputs = report::Inputs {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        backend: cluster.backend_name(),
+        seed: options.seed,
+        schedule: steps.iter().map(ToString::to_string).collect(),
+        history_path: &out.join("history.jsonl"),
+        plot_path: &plot_path,
+        params,
+        problems,
+    };
+    let report = report::build(inputs, &ops, windows, verdicts);
+    report.write(out)?;
+    print!("\n{}", report.text());
+    Ok(if report.valid {
+        Ending::Valid
+    } else {
+        Ending::Invalid
+    })
+}
+
+/// The checkers' time bounds: tight, unless the schedule skews clocks or
+/// changes their rates, when they widen by as much as the faults can move
+/// a node's clock away from real time.
+pub fn check_params(steps: &[Step]) -> Params {
+    let mut params = Params::default();
+    let mut slack_ms = 0u64;
+    for step in steps {
+        let Fault::Clock(clock) = &step.fault else {
+            continue;
+        };
+        match clock {
+            ClockFault::Skew { offset_ms, .. } => slack_ms = slack_ms.max(offset_ms.unsigned_abs()),
+            ClockFault::Rate { rate, .. } => {
+                params.rho = params.rho.max(rate.max(1.0 / rate) - 1.0);
+                let drift = (rate - 1.0).abs() * step.duration_ms as f64;
+                slack_ms = slack_ms.max(drift.ceil() as u64);
+            }
+            ClockFault::Scramble { offsets_ms } => {
+                let hi = offsets_ms
+                    .iter()
+                    .map(|(_, ms)| *ms)
+                    .max()
+                    .unwrap_or(0)
+                    .max(0);
+                let lo = offsets_ms
+                    .iter()
+                    .map(|(_, ms)| *ms)
+                    .min()
+                    .unwrap_or(0)
+                    .min(0);
+                slack_ms = slack_ms.max(hi.abs_diff(lo));
+            }
+        }
+    }
+    if slack_ms > 0 {
+        params.slack_ms = params.slack_ms.max(slack_ms + CLOCK_SLACK_MARGIN_MS);
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schedule::Who;
+
+    fn step(duration_ms: u64, fault: Fault) -> Step {
+        Step {
+            at_ms: 0,
+            duration_ms,
+            fault,
+        }
+    }
+
+    #[test]
+    fn clock_faults_widen_the_checkers_bounds_by_what_they_can_do() {
+        assert_eq!(check_params(&[]), Params::default());
+        let kill = step(5_000, Fault::Kill(Who::All));
+        assert_eq!(check_params(&[kill]), Params::default());
+        let skew = step(
+            5_000,
+            Fault::Clock(ClockFault::Skew {
+                who: Who::Leader,
+                offset_ms: -1_200,
+            }),
+        );
+        let slow = step(
+            4_000,
+            Fault::Clock(ClockFault::Rate {
+                who: Who::Node(2),
+                rate: 0.5,
+            }),
+        );
+        let scramble = step(
+            5_000,
+            Fault::Clock(ClockFault::Scramble {
+                offsets_ms: vec![(1, 300), (2, 900)],
+            }),
+        );
+        let params = check_params(&[skew, slow, scramble]);
+        assert_eq!(params.rho, 1.0);
+        // Half speed for 4 s drifts 2 s: more than the skew or the scramble.
+        assert_eq!(params.slack_ms, 2_000 + CLOCK_SLACK_MARGIN_MS);
+    }
+}
