@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::history::{by_idem, Attempts, Completed, Op, Outcome, LEASE_LOST};
 
+use super::faults::Faults;
 use super::Params;
 
 /// A lease's name: lease ids are numbered per partition.
@@ -24,6 +25,9 @@ pub(crate) struct Lease<'a> {
     pub invoke_ns: u64,
     /// Latest invoke of an attempt that may have granted it.
     pub last_invoke_ns: u64,
+    /// Latest completion of an attempt that may have granted it; `None`
+    /// while one is still in flight.
+    pub settled_ns: Option<u64>,
     /// Earliest ok completion naming it: certainly held from here.
     pub granted_ns: Option<u64>,
     /// Extends that may have taken effect, in invoke order.
@@ -109,6 +113,10 @@ impl<'a> Leases<'a> {
         let Some(Op::Acquire(first)) = attempts.ops.first().copied().map(|c| &c.op) else {
             return;
         };
+        let settled_ns = attempts
+            .effective()
+            .map(|c| c.complete_ns)
+            .try_fold(0, |latest, done| done.map(|d| d.max(latest)));
         let lease = |id, token, granted_ns| Lease {
             key: &first.key,
             limit: first.limit,
@@ -117,6 +125,7 @@ impl<'a> Leases<'a> {
             ttl_ms: first.ttl_ms,
             invoke_ns,
             last_invoke_ns,
+            settled_ns,
             granted_ns,
             extends: Vec::new(),
             release_from_ns: None,
@@ -219,8 +228,15 @@ impl<'a> Lease<'a> {
     }
 
     /// Until when the lease was possibly held (from `invoke_ns`).
-    pub(crate) fn possible_until_ns(&self, p: &Params) -> u64 {
-        let (expiry_ns, _) = self.expiry_high(p);
+    pub(crate) fn possible_until_ns(&self, p: &Params, faults: &Faults) -> u64 {
+        let expiry_ns = match self.granted_ns {
+            Some(_) => self.expiry_high(p).0,
+            // No extend can name a nameless lease; but a fault may have held
+            // back the grant past the client's last attempt.
+            None => faults
+                .held_back_until_ns(self.invoke_ns, self.settled_ns, self.last_invoke_ns)
+                .saturating_add(p.ttl_high_ns(self.ttl_ms)),
+        };
         self.released_ns.map_or(expiry_ns, |r| r.min(expiry_ns))
     }
 
@@ -319,7 +335,7 @@ mod tests {
         assert_eq!(l.expiry_low_ns(&exact()), 1500 * MS);
         assert_eq!(l.expiry_high(&exact()).0, 1520 * MS);
         assert_eq!(l.certain_until_ns(&exact()), 1200 * MS);
-        assert_eq!(l.possible_until_ns(&exact()), 1210 * MS);
+        assert_eq!(l.possible_until_ns(&exact(), &Faults::default()), 1210 * MS);
     }
 
     #[test]
@@ -344,6 +360,23 @@ mod tests {
         assert_eq!(leases.unknown_refs, 1);
         let l = &leases.all[0];
         assert_eq!(l.id, None);
-        assert_eq!(l.possible_until_ns(&exact()), 1100 * MS);
+        assert_eq!(l.possible_until_ns(&exact(), &Faults::default()), 1100 * MS);
+    }
+
+    #[test]
+    fn a_fault_may_hold_back_a_nameless_grant() {
+        let mut s = Script::new();
+        s.nemesis(10, "pause", "start");
+        s.info(20, 520, acq("k", "a"));
+        s.info(600, 1100, acq("k", "a"));
+        s.nemesis(2_000, "pause", "stop");
+        let history = s.history();
+        let ops = history.pairs().expect("pairs");
+        let l = &Leases::build(&ops).all[0];
+        assert_eq!(l.settled_ns, Some(1100 * MS));
+        let faults = Faults::of(&history);
+        // Served on resume at the latest 1990 ms + recovery after it ends.
+        let held = 2_000 + 1_990 + super::super::faults::RECOVERY_MS;
+        assert_eq!(l.possible_until_ns(&exact(), &faults), (held + 1_000) * MS);
     }
 }

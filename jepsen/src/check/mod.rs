@@ -8,7 +8,7 @@
 //! least `ttl/(1+ρ)` and at most `ttl·(1+ρ)` of real time; every such bound
 //! is further widened by [`Params::slack_ms`]. An operation takes effect at
 //! one instant between its invoke and its completion; an `info` operation at
-//! any instant after its invoke, or never. Attempts sharing an idempotency
+//! any instant after its invoke, or never (how late, [`faults`] bounds). Attempts sharing an idempotency
 //! key are one operation, taking effect between the earliest invoke among
 //! them and the earliest ok completion.
 //!
@@ -37,6 +37,7 @@ use serde_json::json;
 use crate::history::{Completed, History, Outcome};
 
 pub mod durability;
+pub mod faults;
 pub mod fencing;
 pub mod gcra;
 pub mod idempotency;
@@ -149,7 +150,7 @@ pub fn all(history: &History, params: &Params) -> Vec<Verdict> {
         well_formed(history, &ops),
         lease_safety::check(&ops, params),
         zombie_extend::check(&ops, params),
-        no_leak::check(&ops, params),
+        no_leak::check(&ops, params, &faults::Faults::of(history)),
         fencing::check(&ops),
         idempotency::check(&ops),
         linearizable::check(&ops),

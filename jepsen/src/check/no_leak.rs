@@ -7,10 +7,9 @@
 //! unanswered (and still in flight), since an unanswered acquire may have
 //! been granted — until the earliest ok completion of its release or its
 //! latest possible expiry, whichever comes first. An acquire never answered
-//! ok expires at the latest `ttl·(1+ρ)` after its last attempt's invoke:
-//! this assumes an attempt that takes effect at all does so within its own
-//! TTL, a run whose faults delay commits for longer can report spurious
-//! denials here.
+//! ok expires at the latest `ttl·(1+ρ)` after it took effect, which is its
+//! last attempt's invoke unless a fault was active while an attempt was
+//! outstanding: then as late as [`Faults::held_back_until_ns`] allows.
 //!
 //! (b) Every op of phase `final` — run after faults healed and every TTL
 //! passed, when all capacity must be grantable again — succeeds.
@@ -21,15 +20,16 @@ use serde_json::json;
 
 use crate::history::{Completed, Op, Outcome, Phase};
 
+use super::faults::Faults;
 use super::leases::Leases;
 use super::{Findings, Params, Verdict};
 
 /// Checks `ops`; see the module doc.
-pub fn check(ops: &[Completed], params: &Params) -> Verdict {
+pub fn check(ops: &[Completed], params: &Params, faults: &Faults) -> Verdict {
     let leases = Leases::build(ops);
     let mut intervals: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for lease in &leases.all {
-        let until_ns = lease.possible_until_ns(params);
+        let until_ns = lease.possible_until_ns(params, faults);
         if until_ns >= lease.invoke_ns {
             intervals
                 .entry(lease.key)
@@ -157,7 +157,23 @@ mod tests {
     use super::*;
 
     fn run(s: &Script) -> Verdict {
-        check(&s.ops(), &Params::default())
+        check(&s.ops(), &Params::default(), &Faults::of(&s.history()))
+    }
+
+    #[test]
+    fn a_grant_held_back_by_a_pause_may_fill_the_key_after_it() {
+        let mut s = Script::new();
+        s.nemesis(1_000, "pause", "start");
+        s.info(1_500, 2_000, acq("k", "a"));
+        s.nemesis(3_000, "pause", "stop");
+        // Served on resume, the grant holds the key for its TTL after.
+        s.fail(3_500, 3_510, acq("k", "b"));
+        assert!(run(&s).ok, "{:?}", run(&s).violations);
+        // But no longer than the fault's hold-back allows.
+        s.fail(10_000, 10_010, acq("k", "c"));
+        let v = run(&s);
+        assert_eq!(v.violations_total, 1, "{:?}", v.violations);
+        assert!(v.violations[0].contains("idem=c"), "{}", v.violations[0]);
     }
 
     #[test]
