@@ -41,9 +41,22 @@
 //! | `acquire` | `key`, `limit`, `partition`, `idem`, `ttl_ms`, `wait_ms`? | `lease`, `token`, `retry_after_ms`, `error` | ok: granted, `lease` and `token` set. fail with `error` null: denied, the key is full. fail with `error` set: a definite error, nothing happened |
 //! | `extend` | `key`, `limit`, `partition`, `idem`, `lease`, `ttl_ms` | `error` | ok: extended to now + `ttl_ms`. fail with `"lease_lost"`: the lease had already ended |
 //! | `release` | `key`, `limit`, `partition`, `idem`, `lease` | `was_held`, `error` | ok: released; `was_held` says whether it was still live |
-//! | `throttle` | `key`, `partition`, `idem`, `limit`, `period_ms`, `burst` | `token`, `error` | ok: admitted. fail with `error` null: denied by the rate |
+//! | `throttle` | `key`, `partition`, `idem`, `kind`?, `limit`, `period_ms`, `burst` | `token`, `error` | ok: admitted. fail with `error` null: denied by the rate |
+//! | `fenced` | `key`, `partition`, `access`, `token`, `read`? | `value`, `seq`, `error` | ok: the resource accepted the token. fail with `"stale_token"`: it had seen a larger one |
 //! | `inspect` | `key`, `partition` | `holders` | ok: `holders` lists the lease ids the server says hold `key` |
 //! | `nemesis` | `name`, `action` (`"start"` or `"stop"`), `detail` | — | lone `info` events, process [`NEMESIS`] |
+//!
+//! A `throttle` op's `kind` names the spending constraint: `"gcra"` (the
+//! default when absent: pacing with `burst`) or `"rate_limit"` (a hard
+//! sliding window of `limit` per `period_ms`; `burst` is 0).
+//!
+//! A `fenced` op is a call to a resource inside the harness, not to the
+//! server: one per key, guarded by the fencing token of a lease on that
+//! key. It remembers the largest token it accepted and refuses smaller ones.
+//! `access` is `"read"` (ok: `value` is the current value) or `"write"`
+//! (`read` is the value the client read; ok: the resource set `value` to
+//! `read + 1`). `seq` numbers the ops one resource handled, in the order
+//! it handled them, accepted or not.
 //!
 //! A retry of a mutating call reuses its `idem` (idempotency key): the
 //! attempts sharing `(f, key, idem)` are one logical operation, see
@@ -86,6 +99,10 @@ pub const NEMESIS: u64 = u64::MAX;
 
 /// The `error` of an extend that failed because the lease had ended.
 pub const LEASE_LOST: &str = "lease_lost";
+
+/// The `error` of a fenced op the resource refused: it had accepted a
+/// larger token.
+pub const STALE_TOKEN: &str = "stale_token";
 
 /// One line of a history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,10 +161,12 @@ pub enum Op {
     Extend(Extend),
     /// Give a lease back.
     Release(Release),
-    /// One admission through a GCRA throttle.
+    /// One admission through a GCRA throttle or a rate limit.
     Throttle(Throttle),
     /// Read a key's holders.
     Inspect(Inspect),
+    /// A read or write of the harness's fenced resource.
+    Fenced(Fenced),
     /// A fault starting or stopping.
     Nemesis(Nemesis),
 }
@@ -224,15 +243,29 @@ pub struct Throttle {
     pub partition: u32,
     /// Idempotency key, shared by the retries of one operation.
     pub idem: String,
+    /// Which constraint admits; absent in older histories: GCRA.
+    #[serde(default)]
+    pub kind: ThrottleKind,
     /// Admissions per `period_ms`.
     pub limit: u32,
     pub period_ms: u64,
-    /// Admissions allowed at once beyond the steady rate.
+    /// Admissions allowed at once beyond the steady rate (GCRA only).
     pub burst: u32,
     /// Fencing token of the admission (ok).
     pub token: Option<u64>,
     /// On fail: `None` for a denial by the rate, else the error's code.
     pub error: Option<String>,
+}
+
+/// The constraint a `throttle` op passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleKind {
+    /// GCRA pacing: `limit` per `period_ms` on average, `burst` at once.
+    #[default]
+    Gcra,
+    /// A hard sliding window: at most `limit` in any `period_ms`.
+    RateLimit,
 }
 
 /// `f: "inspect"`.
@@ -244,6 +277,35 @@ pub struct Inspect {
     pub partition: u32,
     /// On ok: the lease ids the server reports holding `key`.
     pub holders: Option<Vec<u64>>,
+}
+
+/// `f: "fenced"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fenced {
+    /// The key whose lease fences the resource; one resource per key.
+    pub key: String,
+    /// The partition (Raft group) of the key.
+    pub partition: u32,
+    /// Read or write.
+    pub access: Access,
+    /// The fencing token of the client's lease on `key`.
+    pub token: u64,
+    /// Write: the value the client read, the new value less one.
+    pub read: Option<u64>,
+    /// On ok: the value read, or the value written.
+    pub value: Option<u64>,
+    /// The resource's number for this op: its order among the key's ops.
+    pub seq: Option<u64>,
+    /// On fail: [`STALE_TOKEN`].
+    pub error: Option<String>,
+}
+
+/// What a `fenced` op does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
 }
 
 /// `f: "nemesis"`.
@@ -266,7 +328,7 @@ macro_rules! into_op {
         }
     )*};
 }
-into_op!(Acquire, Extend, Release, Throttle, Inspect, Nemesis);
+into_op!(Acquire, Extend, Release, Throttle, Inspect, Fenced, Nemesis);
 
 impl Op {
     /// The `f` tag.
@@ -277,6 +339,7 @@ impl Op {
             Op::Release(_) => "release",
             Op::Throttle(_) => "throttle",
             Op::Inspect(_) => "inspect",
+            Op::Fenced(_) => "fenced",
             Op::Nemesis(_) => "nemesis",
         }
     }
@@ -289,6 +352,7 @@ impl Op {
             Op::Release(r) => Some(&r.key),
             Op::Throttle(t) => Some(&t.key),
             Op::Inspect(i) => Some(&i.key),
+            Op::Fenced(r) => Some(&r.key),
             Op::Nemesis(_) => None,
         }
     }
@@ -300,7 +364,7 @@ impl Op {
             Op::Extend(e) => Some(&e.idem),
             Op::Release(r) => Some(&r.idem),
             Op::Throttle(t) => Some(&t.idem),
-            Op::Inspect(_) | Op::Nemesis(_) => None,
+            Op::Inspect(_) | Op::Fenced(_) | Op::Nemesis(_) => None,
         }
     }
 }
@@ -351,8 +415,20 @@ impl Completed {
             },
             Op::Extend(e) => format!("extend {} lease {} idem={}", e.key, e.lease, e.idem),
             Op::Release(r) => format!("release {} lease {} idem={}", r.key, r.lease, r.idem),
-            Op::Throttle(t) => format!("throttle {} idem={}", t.key, t.idem),
+            Op::Throttle(t) => match t.kind {
+                ThrottleKind::Gcra => format!("throttle {} idem={}", t.key, t.idem),
+                ThrottleKind::RateLimit => format!("rate_limit {} idem={}", t.key, t.idem),
+            },
             Op::Inspect(i) => format!("inspect {}", i.key),
+            Op::Fenced(r) => {
+                let access = match (r.access, r.read) {
+                    (Access::Read, _) => "read".to_string(),
+                    (Access::Write, Some(read)) => format!("write {read}+1"),
+                    (Access::Write, None) => "write".to_string(),
+                };
+                let seq = r.seq.map_or(String::new(), |n| format!(" #{n}"));
+                format!("fenced {} {access} token {}{seq}", r.key, r.token)
+            }
             Op::Nemesis(n) => format!("nemesis {} {}", n.name, n.action),
         };
         let outcome = match self.outcome {
@@ -695,6 +771,7 @@ mod tests {
             key: "t1".to_string(),
             partition: 0,
             idem: "t-1".to_string(),
+            kind: ThrottleKind::Gcra,
             limit: 10,
             period_ms: 1000,
             burst: 2,
@@ -773,6 +850,50 @@ mod tests {
             panic!("{e:?}")
         };
         assert_eq!((a.lease, a.wait_ms, &a.error), (None, None, &None));
+    }
+
+    #[test]
+    fn a_throttle_without_kind_is_gcra_and_kinds_round_trip() {
+        let old = r#"{"t_ns":5,"process":2,"kind":"ok","op":{"f":"throttle","key":"t","partition":0,"idem":"i","limit":2,"period_ms":1000,"burst":1,"token":4}}"#;
+        let history = History::parse_jsonl(old.as_bytes()).unwrap();
+        let Op::Throttle(t) = &history.events[0].op else {
+            panic!("{history:?}")
+        };
+        assert_eq!(t.kind, ThrottleKind::Gcra);
+
+        let rate_limit = Throttle {
+            kind: ThrottleKind::RateLimit,
+            burst: 0,
+            ..t.clone()
+        };
+        let fenced = Fenced {
+            key: "f0".to_string(),
+            partition: 1,
+            access: Access::Write,
+            token: 9,
+            read: Some(4),
+            value: None,
+            seq: Some(17),
+            error: Some(STALE_TOKEN.to_string()),
+        };
+        let history = History {
+            events: vec![
+                event(1, 0, EventKind::Ok, rate_limit),
+                event(2, 1, EventKind::Fail, fenced),
+            ],
+        };
+        let mut text = Vec::new();
+        for e in &history.events {
+            serde_json::to_writer(&mut text, e).unwrap();
+            text.push(b'\n');
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains(r#""kind":"rate_limit""#), "{text}");
+        assert!(
+            text.contains(r#""f":"fenced","key":"f0","partition":1,"access":"write""#),
+            "{text}"
+        );
+        assert_eq!(History::parse_jsonl(text.as_bytes()).unwrap(), history);
     }
 
     #[test]

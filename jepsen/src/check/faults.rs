@@ -79,7 +79,11 @@ mod tests {
         let f = Faults::of(&s.history());
         assert_eq!(
             f.windows,
-            vec![(100 * MS, 200 * MS), (150 * MS, 300 * MS), (900 * MS, u64::MAX)]
+            vec![
+                (100 * MS, 200 * MS),
+                (150 * MS, 300 * MS),
+                (900 * MS, u64::MAX)
+            ]
         );
     }
 

@@ -16,13 +16,14 @@
 //! when the tree's maximum exceeds `(T + τ + slack)/(1+ρ) − s`.
 //!
 //! A key whose requests carry different rates is judged by the loosest:
-//! the smallest `T` and the largest `τ` seen.
+//! the smallest `T` and the largest `τ` seen. Rate-limit admissions (the
+//! same op, `kind: "rate_limit"`) are [`super::rate_limit`]'s.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::history::{by_idem, fmt_ms, Completed, Op};
+use crate::history::{by_idem, fmt_ms, Completed, Op, ThrottleKind};
 
 use super::{Findings, Params, Verdict};
 
@@ -37,6 +38,9 @@ pub fn check(ops: &[Completed], params: &Params) -> Verdict {
         let (Op::Throttle(t), Some(done_ns)) = (&first.op, first.complete_ns) else {
             continue;
         };
+        if t.kind != ThrottleKind::Gcra {
+            continue;
+        }
         let rule = Rule::new(t.limit, t.period_ms, t.burst);
         let key = keys.entry(id.key).or_insert(Admissions {
             rule,
@@ -327,6 +331,17 @@ mod tests {
         // Its admission may have come 100ms after the first.
         s.ok(1, 500, thr("t", "b"));
         assert!(run(&s).ok);
+    }
+
+    #[test]
+    fn rate_limit_admissions_are_not_judged_here() {
+        let mut s = Script::new();
+        // Two at once is within a rate limit of 2, beyond GCRA with no burst.
+        s.ok(0, 1, rl("r", "a"));
+        s.ok(0, 1, rl("r", "b"));
+        let v = run(&s);
+        assert!(v.ok, "{:?}", v.violations);
+        assert_eq!(v.stats["admissions"], 0);
     }
 
     /// Every window start against every window end.

@@ -29,6 +29,8 @@
 //! | [`idempotency`] | one idempotency key, one lease and token; one lease, one key |
 //! | [`linearizable`] | keys with TTLs of an hour or more behave as a semaphore |
 //! | [`gcra`] | throttle admissions within the GCRA bound in every window |
+//! | [`rate_limit`] | at most `limit` rate-limit admissions in any window the server measures as shorter than the period |
+//! | [`fenced_resource`] | a resource guarded by fencing tokens loses no update and accepts no token smaller than one it accepted |
 //! | [`durability`] | leases certainly held survive a kill of every node |
 
 use serde::Serialize;
@@ -38,6 +40,7 @@ use crate::history::{Completed, History, Outcome};
 
 pub mod durability;
 pub mod faults;
+pub mod fenced_resource;
 pub mod fencing;
 pub mod gcra;
 pub mod idempotency;
@@ -45,6 +48,7 @@ pub mod lease_safety;
 mod leases;
 pub mod linearizable;
 pub mod no_leak;
+pub mod rate_limit;
 pub mod zombie_extend;
 
 #[cfg(test)]
@@ -155,6 +159,8 @@ pub fn all(history: &History, params: &Params) -> Vec<Verdict> {
         idempotency::check(&ops),
         linearizable::check(&ops),
         gcra::check(&ops, params),
+        rate_limit::check(&ops, params),
+        fenced_resource::check(&ops),
         durability::check(&ops, params),
     ]
 }
@@ -193,15 +199,26 @@ mod tests {
         s.ok(600, 603, acq("c", "a5").limit(2).lease(5));
         s.ok(0, 2, thr("t", "t1").token(3));
         s.ok(210, 212, thr("t", "t2").token(4));
+        s.ok(0, 2, rl("r", "r1"));
+        s.ok(1, 3, rl("r", "r2"));
+        s.fail(4, 5, rl("r", "r3"));
+        s.ok(1100, 1102, rl("r", "r4"));
+        s.ok(4, 6, fread("c", 1, 0, 0));
+        s.ok(7, 9, fwrite("c", 1, 1, 0));
+        s.ok(604, 605, fread("c", 5, 2, 1));
+        s.fail(606, 607, fwrite("c", 2, 3, 0).stale());
+        s.ok(608, 609, fwrite("c", 5, 4, 1));
         s.nemesis(700, "partition", "stop");
         s.phase(Phase::Final);
         s.ok(3000, 3003, acq("c", "f1").limit(2).lease(6));
         s.ok(3010, 3012, rel("c", "f2", 6).held(true));
         s.ok(3020, 3022, acq("c", "f3").limit(2).ttl(60_000).lease(7));
+        s.ok(3023, 3024, fread("c", 7, 5, 2));
+        s.ok(3025, 3026, fwrite("c", 7, 6, 2));
         s.phase(Phase::Durability);
         s.ok(4000, 4002, inspect("c", &[7]));
         let verdicts = all(&s.history(), &Params::default());
-        assert_eq!(verdicts.len(), 9);
+        assert_eq!(verdicts.len(), 11);
         for v in &verdicts {
             assert!(v.ok, "{} failed: {:?}", v.checker, v.violations);
         }

@@ -10,7 +10,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::history::{
-    Acquire, Event, EventKind, Extend, History, Inspect, Op, Phase, Release, Throttle, LEASE_LOST,
+    Acquire, Event, EventKind, Extend, History, Inspect, Op, Phase, Release, Throttle,
+    ThrottleKind, LEASE_LOST,
 };
 
 use super::linearizable::NO_EXPIRY_TTL_MS_MIN;
@@ -158,7 +159,9 @@ impl Server {
                     Answer::Admitted(self.next_id)
                 }
             }
-            Op::Inspect(_) | Op::Nemesis(_) => unreachable!("clients send neither"),
+            Op::Inspect(_) | Op::Fenced(_) | Op::Nemesis(_) => {
+                unreachable!("clients send none of these")
+            }
         };
         self.dedup.insert(id, answer);
         answer
@@ -452,6 +455,7 @@ fn throttle(idem: String) -> Throttle {
         key: "t0".to_string(),
         partition: 0,
         idem,
+        kind: ThrottleKind::Gcra,
         limit,
         period_ms,
         burst,

@@ -2,8 +2,8 @@
 //! milliseconds.
 
 use crate::history::{
-    Acquire, Completed, Event, EventKind, Extend, History, Inspect, Nemesis, Op, Phase, Release,
-    Throttle, LEASE_LOST, NEMESIS,
+    Access, Acquire, Completed, Event, EventKind, Extend, Fenced, History, Inspect, Nemesis, Op,
+    Phase, Release, Throttle, ThrottleKind, LEASE_LOST, NEMESIS, STALE_TOKEN,
 };
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -197,6 +197,7 @@ pub fn thr(key: &str, idem: &str) -> Throttle {
         key: key.to_string(),
         partition: 0,
         idem: idem.to_string(),
+        kind: ThrottleKind::Gcra,
         limit: 10,
         period_ms: 1000,
         burst: 0,
@@ -213,6 +214,54 @@ impl Throttle {
 
     pub fn token(mut self, token: u64) -> Self {
         self.token = Some(token);
+        self
+    }
+}
+
+/// An admission through a rate limit on `key`: 2 per second.
+pub fn rl(key: &str, idem: &str) -> Throttle {
+    Throttle {
+        kind: ThrottleKind::RateLimit,
+        limit: 2,
+        ..thr(key, idem)
+    }
+}
+
+/// A read of `key`'s fenced resource with `token`, answering `value`.
+pub fn fread(key: &str, token: u64, seq: u64, value: u64) -> Fenced {
+    Fenced {
+        key: key.to_string(),
+        partition: 0,
+        access: Access::Read,
+        token,
+        read: None,
+        value: Some(value),
+        seq: Some(seq),
+        error: None,
+    }
+}
+
+/// A write of `read + 1` to `key`'s fenced resource with `token`.
+pub fn fwrite(key: &str, token: u64, seq: u64, read: u64) -> Fenced {
+    Fenced {
+        access: Access::Write,
+        read: Some(read),
+        value: Some(read + 1),
+        ..fread(key, token, seq, 0)
+    }
+}
+
+impl Fenced {
+    /// Refused by the resource: no value.
+    pub fn stale(mut self) -> Self {
+        self.value = None;
+        self.error = Some(STALE_TOKEN.to_string());
+        self
+    }
+
+    /// What the resource answered, whatever the client sent.
+    pub fn value(mut self, value: u64) -> Self {
+        self.value = Some(value);
         self
     }
 }

@@ -4,7 +4,8 @@
 //! - [`cluster`]: the nodes, on [`docker`] containers or, where Docker is
 //!   missing, [`netns`] network namespaces.
 //! - [`client`], [`workload`]: clients calling one chosen node per op,
-//!   recorded by [`recorder`] into the history.
+//!   recorded by [`recorder`] into the history; [`resource`]: the fenced
+//!   resources of the `fenced` workload.
 //! - [`nemesis`]: carries out the schedule for real.
 //! - [`phases`]: after the faults, the `final` and `durability` phases.
 //! - [`report`], [`plot`]: verdicts, availability and the latency picture.
@@ -18,6 +19,7 @@ pub mod phases;
 pub mod plot;
 pub mod recorder;
 pub mod report;
+pub mod resource;
 pub mod rng;
 pub mod schedule;
 pub mod workload;
@@ -82,7 +84,7 @@ pub struct Options {
     /// Partitions (Raft groups) of the cluster
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub partitions: u32,
-    /// Client workers [default: 2 per node]
+    /// Client workers [default: 2 per node; rate-limit 4, fenced 3]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub concurrency: Option<u64>,
     /// Print the fault schedule and exit
@@ -209,11 +211,15 @@ async fn drive(
         recorder: Arc::clone(&recorder),
         keys: options.workload.keys(options.partitions),
         workload: options.workload,
+        resources: resource::Resources::default(),
     });
 
     println!("main phase: {} s", options.time_limit);
     let deadline = start + Duration::from_secs(options.time_limit);
-    let workers: Vec<_> = (0..options.concurrency.unwrap_or(2 * options.nodes))
+    let concurrency = options
+        .concurrency
+        .unwrap_or(options.workload.workers_per_node() * options.nodes);
+    let workers: Vec<_> = (0..concurrency)
         .map(|i| {
             tokio::spawn(workload::worker(
                 Arc::clone(&ctx),

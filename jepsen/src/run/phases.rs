@@ -1,5 +1,6 @@
 //! After the main phase: wait for a healed cluster, then the `final` phase
-//! (full capacity of every key must be grantable again) and, when nodes
+//! (full capacity of every key must be grantable again; for the `fenced`
+//! workload, each new lease's token must pass the resource) and, when nodes
 //! were killed, the `durability` phase (every node killed at once and
 //! restarted; the final leases must still be held).
 
@@ -99,7 +100,8 @@ async fn http_ready(addr: &str) -> bool {
 }
 
 /// The final phase: on every key, acquire its whole capacity (for the
-/// linear workload after releasing every holder an inspect shows).
+/// linear workload after releasing every holder an inspect shows; for the
+/// fenced workload updating the resource with each lease).
 pub async fn final_phase(ctx: &Arc<Ctx>) {
     let proc = Proc {
         id: FINAL_PROCESS,
@@ -113,7 +115,7 @@ pub async fn final_phase(ctx: &Arc<Ctx>) {
             release_holders(&proc, key, node).await;
         }
         let units = match key.kind {
-            KeyKind::Concurrency { limit } => limit,
+            KeyKind::Concurrency { limit } | KeyKind::RateLimit { limit, .. } => limit,
             KeyKind::Throttle { burst, .. } => burst + 1,
         };
         for unit in 0..units {
@@ -125,12 +127,21 @@ pub async fn final_phase(ctx: &Arc<Ctx>) {
                     ttl_ms: ctx.workload.final_ttl_ms(),
                     wait_ms: None,
                 },
-                KeyKind::Throttle { .. } => Call::Throttle {
+                KeyKind::Throttle { .. } | KeyKind::RateLimit { .. } => Call::Throttle {
                     key: key.clone(),
                     idem,
                 },
             };
-            proc.perform_until_definite(&call, node).await;
+            let (kind, op) = proc.perform_until_definite(&call, node).await;
+            // The new lease's token is larger than any the resource saw,
+            // so its update must go through.
+            if let (Workload::Fenced, EventKind::Ok, Op::Acquire(a)) = (ctx.workload, kind, op) {
+                if let Some(token) = a.token {
+                    if let Some(read) = proc.access(key, token, None) {
+                        proc.access(key, token, Some(read));
+                    }
+                }
+            }
         }
     }
 }

@@ -146,7 +146,8 @@ pub fn build(
             .entry(op.op.name().into())
             .or_default()
             .add(op.outcome);
-        if op.phase != Phase::Main {
+        // Fenced ops are answered by the harness, not by the cluster.
+        if op.phase != Phase::Main || matches!(op.op, Op::Fenced(_)) {
             continue;
         }
         let t = op.invoke_ns;
@@ -247,7 +248,7 @@ impl Report {
         );
         for v in &self.verdicts {
             let verdict = if v.ok { "ok" } else { "VIOLATED" };
-            let _ = writeln!(t, "  {:<14} {verdict:<8} {}", v.checker, v.stats);
+            let _ = writeln!(t, "  {:<15} {verdict:<8} {}", v.checker, v.stats);
             for violation in &v.violations {
                 let _ = writeln!(t, "      {violation}");
             }

@@ -1,8 +1,9 @@
 //! The clients: workers that acquire, extend, release, inspect and pass
-//! throttles on a few keys with small limits, each call one recorded
-//! operation against one chosen node. An operation whose outcome is
-//! unknown (`info`) is retried with the same idempotency key through
-//! another node.
+//! throttles and rate limits on a few keys with small limits, each call one
+//! recorded operation against one chosen node, and (the `fenced` workload)
+//! read and write the harness's fenced [`Resources`] under their leases'
+//! tokens. An operation whose outcome is unknown (`info`) is retried with
+//! the same idempotency key through another node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +14,11 @@ use leasehold::proto::v1::constraint::Kind;
 use leasehold::proto::v1::{
     self, AcquireRequest, Constraint, ConstraintKind, ExtendRequest, InspectRequest, ReleaseRequest,
 };
-use leasehold_jepsen::history::{self, EventKind, Op, Phase};
+use leasehold_jepsen::history::{self, Access, EventKind, Op, Phase, ThrottleKind, STALE_TOKEN};
 
 use super::client::{call, request, Answer, Clients};
 use super::recorder::Recorder;
+use super::resource::Resources;
 use super::rng::Rng;
 use super::schedule::NodeId;
 
@@ -34,6 +36,16 @@ const WAIT_MS: (u64, u64) = (300, 2_000);
 /// Leases of the `linear` workload outlive the run: an hour, which the
 /// linearizability checker takes as never expiring.
 const LINEAR_TTL_MS: u64 = 3_600_000;
+/// The window of the `rate-limit` workload's keys, in ms.
+const RATE_LIMIT_PERIOD_MS: u64 = 1_000;
+/// Leases of the `fenced` workload live this long, in ms: short, so that
+/// holders outlive them.
+const FENCED_TTL_MS: (u64, u64) = (300, 800);
+/// Percent of `fenced` rounds whose client sleeps past its lease's TTL
+/// before its write: a zombie, to be refused once another holder came.
+const ZOMBIE_PERCENT: u64 = 30;
+/// How far past its TTL a zombie sleeps, in ms.
+const OVERSLEEP_MS: (u64, u64) = (50, 600);
 /// Leases taken in the final phase outlive the durability phase.
 const FINAL_TTL_MS: u64 = 120_000;
 /// How long a final-phase operation keeps retrying an unknown outcome.
@@ -49,6 +61,11 @@ pub enum Workload {
     Throttle,
     /// Leases that outlive the run, for the linearizability checker.
     Linear,
+    /// Admissions through sliding-window rate limits of 1–3 per second.
+    RateLimit,
+    /// Read-modify-writes of a harness-side resource under short leases'
+    /// fencing tokens; some holders sleep past their TTL.
+    Fenced,
 }
 
 impl Workload {
@@ -57,6 +74,8 @@ impl Workload {
             Workload::Leases => "leases",
             Workload::Throttle => "throttle",
             Workload::Linear => "linear",
+            Workload::RateLimit => "rate-limit",
+            Workload::Fenced => "fenced",
         }
     }
 
@@ -85,6 +104,19 @@ impl Workload {
                     key(format!("t{i}"), kind)
                 })
                 .collect(),
+            Workload::RateLimit => (0..4)
+                .map(|i| {
+                    let kind = KeyKind::RateLimit {
+                        limit: 1 + i % 3,
+                        period_ms: RATE_LIMIT_PERIOD_MS,
+                    };
+                    key(format!("r{i}"), kind)
+                })
+                .collect(),
+            // Few keys, so that holders follow one another closely.
+            Workload::Fenced => (0..3)
+                .map(|i| key(format!("f{i}"), KeyKind::Concurrency { limit: 1 }))
+                .collect(),
         }
     }
 
@@ -93,9 +125,13 @@ impl Workload {
     pub fn settle_ms(self) -> u64 {
         match self {
             Workload::Leases => WAIT_MS.1 + CALL_TIMEOUT.as_millis() as u64 + LEASE_TTL_MS.1,
+            Workload::Fenced => WAIT_MS.1 + CALL_TIMEOUT.as_millis() as u64 + FENCED_TTL_MS.1,
             // Throttle buckets drain within a period; linear leases are
             // released by the final phase instead.
             Workload::Throttle => 1_000,
+            // A window drains within a period; a second covers a clock
+            // running fast.
+            Workload::RateLimit => 2 * RATE_LIMIT_PERIOD_MS,
             Workload::Linear => 0,
         }
     }
@@ -106,7 +142,19 @@ impl Workload {
     pub fn final_ttl_ms(self) -> u64 {
         match self {
             Workload::Linear => LINEAR_TTL_MS,
-            Workload::Leases | Workload::Throttle => FINAL_TTL_MS,
+            Workload::Leases | Workload::Throttle | Workload::RateLimit | Workload::Fenced => {
+                FINAL_TTL_MS
+            }
+        }
+    }
+
+    /// Client workers per node, unless `--concurrency` says otherwise.
+    pub fn workers_per_node(self) -> u64 {
+        match self {
+            // Many clients on small limits: the window is often full.
+            Workload::RateLimit => 4,
+            Workload::Fenced => 3,
+            Workload::Leases | Workload::Throttle | Workload::Linear => 2,
         }
     }
 
@@ -114,7 +162,8 @@ impl Workload {
     fn pace_ms(self) -> (u64, u64) {
         match self {
             Workload::Linear => (50, 200),
-            Workload::Leases | Workload::Throttle => (10, 80),
+            Workload::RateLimit => (0, 40),
+            Workload::Leases | Workload::Throttle | Workload::Fenced => (10, 80),
         }
     }
 }
@@ -128,6 +177,10 @@ pub enum KeyKind {
         limit: u32,
         period_ms: u64,
         burst: u32,
+    },
+    RateLimit {
+        limit: u32,
+        period_ms: u64,
     },
 }
 
@@ -155,13 +208,20 @@ impl Key {
                 period_ms,
                 burst,
             }),
+            KeyKind::RateLimit { limit, period_ms } => Kind::RateLimit(v1::RateLimit {
+                key: self.name.clone(),
+                limit,
+                period_ms,
+            }),
         };
         Constraint { kind: Some(kind) }
     }
 
     fn limit(&self) -> u32 {
         match self.kind {
-            KeyKind::Concurrency { limit } | KeyKind::Throttle { limit, .. } => limit,
+            KeyKind::Concurrency { limit }
+            | KeyKind::Throttle { limit, .. }
+            | KeyKind::RateLimit { limit, .. } => limit,
         }
     }
 }
@@ -172,6 +232,8 @@ pub struct Ctx {
     pub recorder: Arc<Recorder>,
     pub keys: Vec<Key>,
     pub workload: Workload,
+    /// The `fenced` workload's resources.
+    pub resources: Resources,
 }
 
 /// One call, before it is sent.
@@ -245,16 +307,46 @@ impl Proc {
         (kind, op)
     }
 
-    fn record(&self, kind: EventKind, op: Op, node: NodeId) {
+    fn record(&self, kind: EventKind, op: Op, node: Option<NodeId>) {
         self.ctx
             .recorder
-            .record(self.id, kind, op, Some(node), self.phase);
+            .record(self.id, kind, op, node, self.phase);
+    }
+
+    /// One recorded op on `key`'s fenced resource with `token`: a read, or
+    /// with `write: Some(read)`, a write of `read + 1`. The value on ok.
+    pub fn access(&self, key: &Key, token: u64, write: Option<u64>) -> Option<u64> {
+        let mut f = history::Fenced {
+            key: key.name.clone(),
+            partition: key.partition,
+            access: if write.is_some() {
+                Access::Write
+            } else {
+                Access::Read
+            },
+            token,
+            read: write,
+            value: None,
+            seq: None,
+            error: None,
+        };
+        self.record(EventKind::Invoke, Op::Fenced(f.clone()), None);
+        let answer = self.ctx.resources.access(&key.name, token, write);
+        (f.seq, f.value) = (Some(answer.seq), answer.value);
+        let kind = if answer.value.is_some() {
+            EventKind::Ok
+        } else {
+            f.error = Some(STALE_TOKEN.to_string());
+            EventKind::Fail
+        };
+        self.record(kind, Op::Fenced(f), None);
+        answer.value
     }
 
     /// One recorded call: invoke, the call, its completion.
     async fn attempt(&self, call: &Call, node: NodeId) -> (EventKind, Op) {
         let mut op = invoke_op(call);
-        self.record(EventKind::Invoke, op.clone(), node);
+        self.record(EventKind::Invoke, op.clone(), Some(node));
         let kind = match call {
             Call::Acquire { .. } | Call::Throttle { .. } => self.acquire(call, node, &mut op).await,
             Call::Extend {
@@ -313,7 +405,7 @@ impl Proc {
                 })
             }
         };
-        self.record(kind, op.clone(), node);
+        self.record(kind, op.clone(), Some(node));
         (kind, op)
     }
 
@@ -396,7 +488,7 @@ fn set_error(op: &mut Op, error: String) {
         Op::Extend(e) => e.error = Some(error),
         Op::Release(r) => r.error = Some(error),
         Op::Throttle(t) => t.error = Some(error),
-        Op::Inspect(_) | Op::Nemesis(_) => {}
+        Op::Inspect(_) | Op::Fenced(_) | Op::Nemesis(_) => {}
     }
 }
 
@@ -421,18 +513,24 @@ fn invoke_op(call: &Call) -> Op {
             error: None,
         }),
         Call::Throttle { key, idem } => {
-            let KeyKind::Throttle {
-                limit,
-                period_ms,
-                burst,
-            } = key.kind
-            else {
-                unreachable!("throttle calls name throttle keys")
+            let (kind, limit, period_ms, burst) = match key.kind {
+                KeyKind::Throttle {
+                    limit,
+                    period_ms,
+                    burst,
+                } => (ThrottleKind::Gcra, limit, period_ms, burst),
+                KeyKind::RateLimit { limit, period_ms } => {
+                    (ThrottleKind::RateLimit, limit, period_ms, 0)
+                }
+                KeyKind::Concurrency { .. } => {
+                    unreachable!("throttle calls name throttle or rate-limit keys")
+                }
             };
             Op::Throttle(history::Throttle {
                 key: key.name.clone(),
                 partition: key.partition,
                 idem: idem.clone(),
+                kind,
                 limit,
                 period_ms,
                 burst,
@@ -487,6 +585,10 @@ pub async fn worker(ctx: Arc<Ctx>, index: u64, seed: u64, deadline: Instant) -> 
         phase: Phase::Main,
         ctx: Arc::clone(&ctx),
     };
+    if ctx.workload == Workload::Fenced {
+        fenced_worker(&proc, &mut rng, deadline).await;
+        return Vec::new();
+    }
     let mut held: Option<Held> = None;
     let mut unknown = Vec::new();
     let mut count = 0u64;
@@ -519,6 +621,59 @@ pub async fn worker(ctx: Arc<Ctx>, index: u64, seed: u64, deadline: Instant) -> 
     unknown
 }
 
+/// One worker of the `fenced` workload, until `deadline`: acquire a key
+/// (often waiting for it), read its resource, write back one more, and
+/// mostly release.
+async fn fenced_worker(proc: &Proc, rng: &mut Rng, deadline: Instant) {
+    let ids = proc.ctx.clients.ids();
+    let mut count = 0u64;
+    while Instant::now() < deadline {
+        count += 1;
+        let key = rng.pick(&proc.ctx.keys).clone();
+        let node = *rng.pick(&ids);
+        let ttl_ms = rng.range(FENCED_TTL_MS.0, FENCED_TTL_MS.1);
+        let acquire = Call::Acquire {
+            key: key.clone(),
+            idem: format!("p{}-{count}", proc.id),
+            ttl_ms,
+            wait_ms: rng.chance(60).then(|| rng.range(WAIT_MS.0, WAIT_MS.1)),
+        };
+        let (kind, op, _) = proc.perform(&acquire, node, MAIN_ATTEMPTS, deadline).await;
+        if let (EventKind::Ok, Op::Acquire(a)) = (kind, op) {
+            if let (Some(lease), Some(token)) = (a.lease, a.token) {
+                fenced_update(proc, rng, &key, token, ttl_ms).await;
+                // Some leases are left to expire rather than released.
+                if rng.chance(80) {
+                    count += 1;
+                    let release = Call::Release {
+                        key,
+                        idem: format!("p{}-{count}", proc.id),
+                        lease,
+                    };
+                    proc.perform(&release, node, MAIN_ATTEMPTS, deadline).await;
+                }
+            }
+        }
+        let (lo, hi) = proc.ctx.workload.pace_ms();
+        tokio::time::sleep(Duration::from_millis(rng.range(lo, hi))).await;
+    }
+}
+
+/// Reads `key`'s resource with `token` and writes back one more; a zombie
+/// sleeps past its lease's `ttl_ms` in between.
+async fn fenced_update(proc: &Proc, rng: &mut Rng, key: &Key, token: u64, ttl_ms: u64) {
+    let Some(read) = proc.access(key, token, None) else {
+        return;
+    };
+    let hold_ms = if rng.chance(ZOMBIE_PERCENT) {
+        ttl_ms + rng.range(OVERSLEEP_MS.0, OVERSLEEP_MS.1)
+    } else {
+        rng.range(0, ttl_ms / 4)
+    };
+    tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+    proc.access(key, token, Some(read));
+}
+
 /// Retries, as worker `index` and with the same idempotency keys, every
 /// call with an attempt of unknown outcome, until each has a definite
 /// answer. Run once the healed cluster is stable, when no attempt is still
@@ -542,7 +697,8 @@ pub async fn resolve(ctx: Arc<Ctx>, index: u64, unknown: Vec<Call>) {
 fn next_call(ctx: &Ctx, rng: &mut Rng, held: &mut Option<Held>, idem: String) -> Call {
     let key = rng.pick(&ctx.keys).clone();
     match ctx.workload {
-        Workload::Throttle => Call::Throttle { key, idem },
+        Workload::Throttle | Workload::RateLimit => Call::Throttle { key, idem },
+        Workload::Fenced => unreachable!("fenced workers make their own calls"),
         Workload::Leases | Workload::Linear => {
             let linear = ctx.workload == Workload::Linear;
             if let Some(h) = held.take() {
