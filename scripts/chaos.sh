@@ -44,6 +44,8 @@ runs=(
     "leases --workload leases --nemesis partition,kill,pause,loss --time-limit 60 --seed 1"
     "linear --workload linear --nemesis partition,kill,pause --time-limit 40 --seed 2"
     "throttle --workload throttle --nemesis partition,pause,loss --time-limit 30 --seed 3"
+    "rate-limit --workload rate-limit --nemesis partition,kill,pause,loss --time-limit 30 --seed 5"
+    "fenced --workload fenced --nemesis partition,kill,pause,loss --time-limit 30 --seed 6"
     "clock --workload leases --nemesis clock --time-limit 40 --seed 4"
 )
 passed=0
