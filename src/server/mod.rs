@@ -114,12 +114,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .build_v1alpha()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (close_streams, closing) = tokio::sync::watch::channel(false);
     let server = Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(PeerServer::new(peer::PeerService::new(Arc::clone(&node))))
+        .add_service(PeerServer::new(peer::PeerService::new(
+            Arc::clone(&node),
+            closing,
+        )))
         .add_service(LeaseholdServer::new(api::Api::new(Arc::clone(&node))))
         .serve_with_incoming_shutdown(tokio_stream_listener(grpc), async {
             let _ = stop_rx.await;
@@ -149,6 +153,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Leaderships move first, while this node still answers its peers;
     // calls that arrive meanwhile are forwarded to the new leaders.
     node.shutdown().await;
+    let _ = close_streams.send(true);
     let _ = stop_tx.send(());
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}

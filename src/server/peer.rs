@@ -1,27 +1,35 @@
 //! The node-to-node service: Raft RPCs for any hosted group, election
 //! triggers for leadership handover, state digests, map proposals.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::node::Node;
 use crate::proto::peer::peer_server::Peer;
 use crate::proto::peer::{
     DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest, MetaProposal, MetaReply,
-    RaftKind, RaftReply, RaftRequest,
+    RaftCall, RaftKind, RaftReply, RaftRequest, RaftResult,
 };
 use crate::raft::{MetaCommand, NodeId, TypeConfig};
 
+#[derive(Clone)]
 pub struct PeerService {
     node: Arc<Node>,
+    /// Turns true when the server stops: open Raft streams end, so the
+    /// graceful shutdown does not wait on them.
+    closing: watch::Receiver<bool>,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<Node>) -> PeerService {
-        PeerService { node }
+    pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>) -> PeerService {
+        PeerService { node, closing }
     }
 
     fn group(&self, id: u32) -> Result<Arc<super::group::Group>, Status> {
@@ -29,21 +37,9 @@ impl PeerService {
             .group(id)
             .ok_or_else(|| Status::not_found(format!("node {} hosts no group {id}", self.node.id)))
     }
-}
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
-}
-
-fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
-    let payload = postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftReply { payload }))
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = request.into_inner();
+    /// Serves one Raft RPC for the group it names.
+    async fn serve_raft(&self, req: RaftRequest) -> Result<RaftReply, Status> {
         let group = self.group(req.group)?;
         match RaftKind::try_from(req.kind) {
             Ok(RaftKind::AppendEntries) => {
@@ -63,6 +59,73 @@ impl Peer for PeerService {
                 req.kind
             ))),
         }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<RaftReply, Status> {
+    let payload = postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(RaftReply { payload })
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.serve_raft(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type RaftStreamStream = Pin<Box<dyn Stream<Item = Result<RaftResult, Status>> + Send>>;
+
+    /// Serves every call of the stream at once, each in its own task, and
+    /// answers each as it finishes: one group's slow append holds up no
+    /// other group. Replies are bounded by the calls in flight, which the
+    /// caller bounds (one per group and kind).
+    async fn raft_stream(
+        &self,
+        request: Request<Streaming<RaftCall>>,
+    ) -> Result<Response<Self::RaftStreamStream>, Status> {
+        let mut calls = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let service = self.clone();
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                let call = tokio::select! {
+                    call = calls.message() => match call {
+                        Ok(Some(call)) => call,
+                        _ => break,
+                    },
+                    _ = closing.wait_for(|closing| *closing) => break,
+                };
+                let (service, tx) = (service.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let served = match call.request {
+                        Some(req) => service.serve_raft(req).await,
+                        None => Err(Status::invalid_argument("request: missing")),
+                    };
+                    let result = match served {
+                        Ok(reply) => RaftResult {
+                            id: call.id,
+                            payload: reply.payload,
+                            error: String::new(),
+                        },
+                        Err(status) => RaftResult {
+                            id: call.id,
+                            payload: Vec::new(),
+                            error: status.message().to_string(),
+                        },
+                    };
+                    // The caller may have gone; nothing then waits for it.
+                    let _ = tx.send(Ok(result));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
     async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
