@@ -174,10 +174,18 @@ async fn stop_early(node: &Arc<Node>) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Accepted connections, with Nagle's algorithm off: a reply must not wait
+/// for the ACK of the one before it. (`Server::tcp_nodelay` applies only to
+/// listeners the server opens itself.)
 fn tokio_stream_listener(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Refreshes per-group gauges and runs the exporter's upkeep.
