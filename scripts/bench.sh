@@ -72,6 +72,28 @@ mkdir -p "$out"
     uname -srm
     echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
     echo "disk: $(df -h --output=source,fstype "$(dirname "$(mktemp -u)")" | tail -1)"
+    # What one durable write costs here: every server's floor.
+    /usr/bin/python3 - "$(dirname "$(mktemp -u)")" <<'PY'
+import os, sys, time
+def fdatasync_ms(overwrite, n=300):
+    path = os.path.join(sys.argv[1], "leasehold-bench-fsync-probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        if overwrite:
+            os.write(fd, b"\0" * 4096 * n)
+            os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+        start = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 512)
+            os.fdatasync(fd)
+        return (time.perf_counter() - start) / n * 1e3
+    finally:
+        os.close(fd)
+        os.unlink(path)
+print("fdatasync of 512 B: %.2f ms appending (the file grows), %.2f ms overwriting"
+      % (fdatasync_ms(False), fdatasync_ms(True)))
+PY
     echo
     "$CARGO_TARGET_DIR/release/leasehold" --version
     redis-server --version
@@ -88,6 +110,6 @@ status=0
 echo "load after the run:  $(uptime)" >>"$out/machine.txt"
 /usr/bin/python3 bench/plot.py "$out/results.json" "$out"
 "$bench" report --results "$out/results.json" --machine "$out/machine.txt" \
-    --plots-dir "$out" --out BENCHMARKS.md
+    --plots-dir "$out" --analysis bench/analysis.md --out BENCHMARKS.md
 echo "bench: wrote BENCHMARKS.md, $out/results.json and the plots in $out"
 exit "$status"

@@ -97,6 +97,9 @@ struct ReportArgs {
     /// Directory of the plots (PNG), as linked from the report
     #[arg(long, value_name = "DIR")]
     plots_dir: Option<PathBuf>,
+    /// Markdown placed after the plots: what the figures mean
+    #[arg(long, value_name = "FILE")]
+    analysis: Option<PathBuf>,
     /// Write the report here instead of stdout
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -237,18 +240,22 @@ fn report(args: ReportArgs) -> Result<()> {
             );
         }
     }
-    let machine = match &args.machine {
-        Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        ),
-        None => None,
+    let read = |path: &Option<PathBuf>| -> Result<Option<String>> {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            })
+            .transpose()
     };
+    let machine = read(&args.machine)?;
+    let analysis = read(&args.analysis)?;
     let plots = args.plots_dir.as_deref().map(plots).unwrap_or_default();
     let md = report::markdown(&report::ReportInput {
         results: &results,
         machine: machine.as_deref(),
         command: &args.command,
         plots: &plots,
+        analysis: analysis.as_deref(),
     });
     match &args.out {
         Some(path) => {

@@ -17,6 +17,9 @@ pub struct ReportInput<'a> {
     pub command: &'a str,
     /// PNG paths relative to the report, with a caption each.
     pub plots: &'a [(String, String)],
+    /// Markdown written by hand about what the figures mean (what bounds
+    /// each target, how it was profiled), placed after the plots.
+    pub analysis: Option<&'a str>,
 }
 
 /// Problems that make a results file unfit: a failed step, a run that
@@ -151,6 +154,9 @@ pub fn markdown(input: &ReportInput) -> String {
     footprint_section(&mut md, r);
     for (path, caption) in input.plots {
         let _ = writeln!(md, "![{caption}]({path})\n");
+    }
+    if let Some(analysis) = input.analysis {
+        let _ = writeln!(md, "{}\n", analysis.trim_end());
     }
     md.push_str(SEMANTICS);
     if !r.failures.is_empty() {
