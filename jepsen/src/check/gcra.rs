@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::history::{by_idem, fmt_ms, Completed, Op, ThrottleKind};
 
+use super::fenwick::Fenwick;
 use super::{Findings, Params, Verdict};
 
 /// Checks `ops`; see the module doc.
@@ -140,7 +141,10 @@ fn overruns(admissions: &[(u64, u64)], rule: Rule, p: &Params) -> Overruns {
         for &j in group {
             let pos = position[j];
             added.add(pos);
-            tree.set(pos, added.count_to(pos) as f64 * step - ends[pos] as f64);
+            tree.set(
+                pos,
+                added.count_below(pos + 1) as f64 * step - ends[pos] as f64,
+            );
             tree.add_from(pos + 1, step);
         }
         let from_ns = admissions[group[0]].0;
@@ -235,37 +239,6 @@ impl MaxTree {
         let (l, r) = (2 * node, 2 * node + 1);
         let best = if self.max[l] >= self.max[r] { l } else { r };
         (self.max[node], self.at[node]) = (self.max[best], self.at[best]);
-    }
-}
-
-/// Counts of marked positions, by prefix.
-struct Fenwick {
-    tree: Vec<u32>,
-}
-
-impl Fenwick {
-    fn new(len: usize) -> Fenwick {
-        Fenwick {
-            tree: vec![0; len + 1],
-        }
-    }
-
-    fn add(&mut self, pos: usize) {
-        let mut i = pos + 1;
-        while i < self.tree.len() {
-            self.tree[i] += 1;
-            i += i & i.wrapping_neg();
-        }
-    }
-
-    /// Marked positions in `0..=pos`.
-    fn count_to(&self, pos: usize) -> u32 {
-        let (mut i, mut sum) = (pos + 1, 0);
-        while i > 0 {
-            sum += self.tree[i];
-            i -= i & i.wrapping_neg();
-        }
-        sum
     }
 }
 

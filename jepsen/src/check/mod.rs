@@ -42,6 +42,7 @@ pub mod durability;
 pub mod faults;
 pub mod fenced_resource;
 pub mod fencing;
+mod fenwick;
 pub mod gcra;
 pub mod idempotency;
 pub mod lease_safety;

@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::history::{by_idem, fmt_ms, Completed, Op, ThrottleKind};
 
+use super::fenwick::Fenwick;
 use super::{Findings, Params, Verdict};
 
 /// Checks `ops`; see the module doc.
@@ -143,52 +144,6 @@ fn overruns(admissions: &[(u64, u64)], limit: u32, window_ns: u64) -> Overruns {
         }
     }
     over
-}
-
-/// Counts of marked positions, by prefix.
-struct Fenwick {
-    tree: Vec<u32>,
-}
-
-impl Fenwick {
-    fn new(len: usize) -> Fenwick {
-        Fenwick {
-            tree: vec![0; len + 1],
-        }
-    }
-
-    fn add(&mut self, pos: usize) {
-        let mut i = pos + 1;
-        while i < self.tree.len() {
-            self.tree[i] += 1;
-            i += i & i.wrapping_neg();
-        }
-    }
-
-    /// Marks in positions `0..end`.
-    fn count_below(&self, end: usize) -> u32 {
-        let (mut i, mut sum) = (end, 0);
-        while i > 0 {
-            sum += self.tree[i];
-            i -= i & i.wrapping_neg();
-        }
-        sum
-    }
-
-    /// The position of the `k`-th mark (1-based), in position order.
-    fn position_of(&self, k: u32) -> usize {
-        let (mut pos, mut left) = (0, k);
-        let mut step = (self.tree.len() - 1).next_power_of_two();
-        while step > 0 {
-            let next = pos + step;
-            if next < self.tree.len() && self.tree[next] < left {
-                pos = next;
-                left -= self.tree[next];
-            }
-            step /= 2;
-        }
-        pos
-    }
 }
 
 #[cfg(test)]
