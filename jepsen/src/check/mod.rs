@@ -38,6 +38,7 @@ use serde_json::json;
 
 use crate::history::{Completed, History, Outcome};
 
+mod admissions;
 pub mod durability;
 pub mod faults;
 pub mod fenced_resource;

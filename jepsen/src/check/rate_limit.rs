@@ -19,40 +19,23 @@
 //! A key whose requests carry different limits is judged by the loosest:
 //! the largest limit and the shortest period seen.
 
-use std::collections::BTreeMap;
+use crate::history::{fmt_ms, Completed, ThrottleKind};
 
-use serde_json::json;
-
-use crate::history::{by_idem, fmt_ms, Completed, Op, ThrottleKind};
-
+use super::admissions::{self, Admissions};
 use super::fenwick::Fenwick;
 use super::{Findings, Params, Verdict};
 
 /// Checks `ops`; see the module doc.
 pub fn check(ops: &[Completed], params: &Params) -> Verdict {
-    let mut keys: BTreeMap<&str, Admissions> = BTreeMap::new();
-    for (id, attempts) in by_idem(ops) {
-        let (Some(first), Some(invoke_ns)) = (attempts.first_ok(), attempts.effect_from_ns())
-        else {
-            continue;
-        };
-        let (Op::Throttle(t), Some(done_ns)) = (&first.op, first.complete_ns) else {
-            continue;
-        };
-        if t.kind != ThrottleKind::RateLimit {
-            continue;
-        }
-        let rule = Rule {
+    let keys = admissions::by_key(
+        ops,
+        ThrottleKind::RateLimit,
+        |t| Rule {
             limit: t.limit,
             period_ms: t.period_ms,
-        };
-        let key = keys.entry(id.key).or_insert(Admissions {
-            rule,
-            admitted: Vec::new(),
-        });
-        key.rule = key.rule.loosest(rule);
-        key.admitted.push((invoke_ns, done_ns));
-    }
+        },
+        Rule::loosest,
+    );
     let mut found = Findings::default();
     let mut windows = 0;
     for (key, Admissions { rule, admitted }) in &keys {
@@ -71,20 +54,8 @@ pub fn check(ops: &[Completed], params: &Params) -> Verdict {
             ));
         }
     }
-    let stats = json!({
-        "keys": keys.len(),
-        "admissions": keys.values().map(|k| k.admitted.len()).sum::<usize>(),
-        "overrun_windows": windows,
-    });
+    let stats = admissions::stats(&keys, windows);
     found.verdict("rate_limit", stats)
-}
-
-/// The admissions of one rate-limited key.
-struct Admissions {
-    /// The loosest limit its requests carried.
-    rule: Rule,
-    /// (first invoke, first ok completion) of each admission.
-    admitted: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
