@@ -23,6 +23,8 @@
 //! - [`client`]: the Rust client: partition-map routing, retries across
 //!   leader changes with the same idempotency key, lease handles with
 //!   keep-alive and release on drop.
+//! - [`mux`]: many calls over one bidirectional gRPC stream, answered by
+//!   call id (the Raft transport and the client's session).
 //! - [`config`]: the server's configuration from flags, environment and a
 //!   TOML file, validated.
 
@@ -31,6 +33,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod limits;
+pub mod mux;
 pub mod partition;
 pub mod proto;
 pub mod raft;

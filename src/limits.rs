@@ -67,6 +67,10 @@ pub const WAIT_MS_MAX: u64 = 300_000;
 /// RESOURCE_EXHAUSTED.
 pub const WAITERS_MAX: usize = 10_000;
 
+/// Calls one session stream may have in flight on a node; the node reads
+/// no further calls from it until one finishes.
+pub const SESSION_IN_FLIGHT_MAX: usize = 4096;
+
 /// Bytes parked acquires may keep at once on one node; more are refused
 /// with RESOURCE_EXHAUSTED. Requests are bounded (about 5 KiB at most), so
 /// this binds before `WAITERS_MAX` only for large requests.

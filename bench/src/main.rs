@@ -154,6 +154,10 @@ struct RunArgs {
     /// Leasehold's partition count
     #[arg(long, default_value_t = 16)]
     partitions: u32,
+    /// Leasehold: send each call as a unary RPC instead of over the
+    /// client's session streams
+    #[arg(long)]
+    unary: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -268,6 +272,9 @@ fn report(args: ReportArgs) -> Result<()> {
 
 async fn run(args: RunArgs) -> Result<()> {
     let mut server = Server::start(args.target, &args.bins.binaries()?, args.partitions)?;
+    if let Server::Leasehold(cluster, _) = &mut server {
+        cluster.streaming = !args.unary;
+    }
     let mode = match args.rate {
         Some(rate_per_s) => Mode::Open {
             rate_per_s,

@@ -9,7 +9,9 @@
 //!   with the *same* idempotency key, with jittered backoff, until the
 //!   call's deadline. A leader change shows only as latency.
 //! - Generates idempotency keys when the caller gives none.
-//! - One HTTP/2 channel per node, shared by every call; at most
+//! - One HTTP/2 channel per node, shared by every call; acquire, extend,
+//!   release and check travel as messages of one `Session` stream per node
+//!   (unless [`ClientConfig::streaming`] is off); at most
 //!   [`ClientConfig::max_in_flight`] calls at once.
 //!
 //! ```no_run
@@ -47,7 +49,8 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 pub use lease::{Lease, LeaseLost};
-use route::Router;
+use route::{Conn, Router};
+pub use route::{SessionChannel, Streamable};
 
 use crate::proto::v1::{self, constraint};
 
@@ -68,6 +71,10 @@ pub struct ClientConfig {
     pub drift_fraction: f64,
     /// Added to the drift margin, for scheduling delays.
     pub drift_floor: Duration,
+    /// Send acquire, extend, release and check over one `Session` stream
+    /// per node rather than as a unary RPC each: the same semantics for
+    /// less CPU on both ends.
+    pub streaming: bool,
 }
 
 impl ClientConfig {
@@ -79,6 +86,7 @@ impl ClientConfig {
             max_in_flight: 1024,
             drift_fraction: 0.01,
             drift_floor: Duration::from_millis(5),
+            streaming: true,
         }
     }
 }
@@ -240,7 +248,11 @@ impl Client {
         let instance = instance_id();
         let client = Client {
             inner: Arc::new(Inner {
-                router: Router::new(config.seeds.clone(), config.attempt_timeout),
+                router: Router::new(
+                    config.seeds.clone(),
+                    config.attempt_timeout,
+                    config.streaming,
+                ),
                 in_flight: Semaphore::new(config.max_in_flight.max(1)),
                 seq: AtomicU64::new(0),
                 instance,
@@ -285,12 +297,7 @@ impl Client {
         // call, may take that much longer.
         let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
         let reply = self
-            .call_waiting(
-                &request.scope.clone(),
-                request.clone(),
-                |mut c, r| async move { c.acquire(r).await },
-                wait,
-            )
+            .call_waiting(&request.scope.clone(), request.clone(), Conn::call, wait)
             .await?;
         match reply.result {
             Some(v1::acquire_response::Result::Granted(grant)) => {
@@ -316,10 +323,7 @@ impl Client {
         mut request: v1::ExtendRequest,
     ) -> Result<v1::ExtendResponse, Status> {
         self.key_or_new(&mut request.idempotency_key);
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.extend(r).await
-        })
-        .await
+        self.call(&request.scope.clone(), request, Conn::call).await
     }
 
     /// Releases a lease by its id; [`Lease::release`] is the usual way.
@@ -328,25 +332,20 @@ impl Client {
         mut request: v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
         self.key_or_new(&mut request.idempotency_key);
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.release(r).await
-        })
-        .await
+        self.call(&request.scope.clone(), request, Conn::call).await
     }
 
     pub async fn check(&self, request: v1::CheckRequest) -> Result<v1::CheckResponse, Status> {
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.check(r).await
-        })
-        .await
+        self.call(&request.scope.clone(), request, Conn::call).await
     }
 
     pub async fn inspect(
         &self,
         request: v1::InspectRequest,
     ) -> Result<v1::InspectResponse, Status> {
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.inspect(r).await
+        self.call(&request.scope.clone(), request, |c, r| async move {
+            let (mut client, request) = c.unary(r);
+            Ok(client.inspect(request).await?.into_inner())
         })
         .await
     }
@@ -356,8 +355,9 @@ impl Client {
         mut request: v1::SetCapacityRequest,
     ) -> Result<v1::CapacityResponse, Status> {
         self.key_or_new(&mut request.idempotency_key);
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.set_capacity(r).await
+        self.call(&request.scope.clone(), request, |c, r| async move {
+            let (mut client, request) = c.unary(r);
+            Ok(client.set_capacity(request).await?.into_inner())
         })
         .await
     }
@@ -367,8 +367,9 @@ impl Client {
         mut request: v1::AdjustCapacityRequest,
     ) -> Result<v1::CapacityResponse, Status> {
         self.key_or_new(&mut request.idempotency_key);
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.adjust_capacity(r).await
+        self.call(&request.scope.clone(), request, |c, r| async move {
+            let (mut client, request) = c.unary(r);
+            Ok(client.adjust_capacity(request).await?.into_inner())
         })
         .await
     }
@@ -379,8 +380,9 @@ impl Client {
         mut request: v1::AdminKeyRequest,
     ) -> Result<v1::AdminKeyResponse, Status> {
         self.key_or_new(&mut request.idempotency_key);
-        self.call(&request.scope.clone(), request, |mut c, r| async move {
-            c.admin_key(r).await
+        self.call(&request.scope.clone(), request, |c, r| async move {
+            let (mut client, request) = c.unary(r);
+            Ok(client.admin_key(request).await?.into_inner())
         })
         .await
     }
@@ -401,11 +403,8 @@ impl Client {
     where
         Req: Clone,
         Resp: route::Served,
-        F: Fn(
-            crate::proto::v1::leasehold_client::LeaseholdClient<tonic::transport::Channel>,
-            tonic::Request<Req>,
-        ) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+        F: Fn(Conn, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Status>>,
     {
         self.call_waiting(scope, request, send, Duration::ZERO)
             .await
@@ -423,11 +422,8 @@ impl Client {
     where
         Req: Clone,
         Resp: route::Served,
-        F: Fn(
-            crate::proto::v1::leasehold_client::LeaseholdClient<tonic::transport::Channel>,
-            tonic::Request<Req>,
-        ) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+        F: Fn(Conn, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Status>>,
     {
         let _slot = self
             .inner

@@ -1,18 +1,166 @@
-//! Where a call goes: the cached partition map, one channel per node, and
-//! the classification of failures into retryable and final.
+//! Where a call goes: the cached partition map, one channel and one
+//! session stream per node, and the classification of failures into
+//! retryable and final.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::convert::error_detail;
+use crate::mux::{Mux, MuxError, Tagged};
 use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
-use crate::proto::v1::{self, GetPartitionMapRequest, ServedBy};
+use crate::proto::v1::{self, session_call, session_reply, GetPartitionMapRequest, ServedBy};
+
+impl Tagged for v1::SessionReply {
+    fn call_id(&self) -> u64 {
+        self.call_id
+    }
+}
+
+/// HTTP/2 keep-alive: ping interval, and how long a ping may go
+/// unanswered.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+type Unary<R> = Pin<Box<dyn Future<Output = Result<R, Status>> + Send>>;
+
+/// Requests a session stream can carry.
+pub trait Streamable: Sized + Send + 'static {
+    type Reply;
+    fn into_call(self) -> session_call::Call;
+    fn from_reply(result: session_reply::Result) -> Option<Self::Reply>;
+    /// The same call as a unary RPC.
+    fn unary(client: LeaseholdClient<Channel>, request: tonic::Request<Self>)
+        -> Unary<Self::Reply>;
+}
+
+macro_rules! streamable {
+    ($($req:ty => $reply:ty, $variant:ident, $method:ident;)*) => {$(
+        impl Streamable for $req {
+            type Reply = $reply;
+            fn into_call(self) -> session_call::Call {
+                session_call::Call::$variant(self)
+            }
+            fn from_reply(result: session_reply::Result) -> Option<$reply> {
+                match result {
+                    session_reply::Result::$variant(reply) => Some(reply),
+                    _ => None,
+                }
+            }
+            fn unary(
+                mut client: LeaseholdClient<Channel>,
+                request: tonic::Request<Self>,
+            ) -> Unary<$reply> {
+                Box::pin(async move { Ok(client.$method(request).await?.into_inner()) })
+            }
+        }
+    )*};
+}
+streamable!(
+    v1::AcquireRequest => v1::AcquireResponse, Acquire, acquire;
+    v1::ExtendRequest => v1::ExtendResponse, Extend, extend;
+    v1::ReleaseRequest => v1::ReleaseResponse, Release, release;
+    v1::CheckRequest => v1::CheckResponse, Check, check;
+);
+
+/// Calls to one node over one `Session` stream, opened on first use and
+/// again after it breaks; any number of calls at once. The stream's
+/// channel should have HTTP/2 keep-alive on, so a stream to a node that
+/// went silent breaks rather than holding calls until they time out.
+pub struct SessionChannel {
+    mux: Mux<v1::SessionCall, v1::SessionReply>,
+}
+
+impl SessionChannel {
+    pub fn new(channel: Channel) -> SessionChannel {
+        let client = LeaseholdClient::new(channel);
+        SessionChannel {
+            mux: Mux::new(move |calls| {
+                let mut client = client.clone();
+                Box::pin(async move { Ok(client.session(calls).await?.into_inner()) })
+            }),
+        }
+    }
+
+    /// One call, as its unary RPC with `timeout` as its deadline and
+    /// `epoch` (when not 0) as the map epoch it was routed by. A call left
+    /// unanswered (timed out, stream broken) fails as UNAVAILABLE or
+    /// DEADLINE_EXCEEDED and may have applied, as a unary RPC's may.
+    pub async fn call<T: Streamable>(
+        &self,
+        message: T,
+        timeout: Duration,
+        epoch: u64,
+    ) -> Result<T::Reply, Status> {
+        let call = message.into_call();
+        let make = |call_id| v1::SessionCall {
+            call_id,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            epoch,
+            call: Some(call),
+        };
+        let reply = self.mux.call(make, timeout).await.map_err(|e| match e {
+            MuxError::Unreachable(why) => Status::unavailable(why),
+            MuxError::Ended(why) => Status::unavailable(format!("session: {why}")),
+            MuxError::TimedOut(after) => {
+                Status::deadline_exceeded(format!("no reply within {after:?}"))
+            }
+        })?;
+        match reply.result {
+            Some(session_reply::Result::Status(s)) => Err(Status::with_details(
+                Code::from(s.code),
+                s.message,
+                s.details.into(),
+            )),
+            Some(result) => T::from_reply(result).ok_or_else(|| {
+                Status::internal("the node answered a session call with another call's reply")
+            }),
+            None => Err(Status::internal(
+                "the node answered a session call with no result",
+            )),
+        }
+    }
+}
+
+/// Where one attempt goes: a node's channel and, if the client streams,
+/// its session; with the attempt's deadline and map epoch.
+pub struct Conn {
+    channel: Channel,
+    session: Option<Arc<SessionChannel>>,
+    timeout: Duration,
+    epoch: u64,
+}
+
+impl Conn {
+    /// A unary RPC's client and request, carrying the attempt's deadline
+    /// and epoch.
+    pub fn unary<T>(&self, message: T) -> (LeaseholdClient<Channel>, tonic::Request<T>) {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request.metadata_mut().insert(
+            crate::server::api::EPOCH_HEADER,
+            tonic::metadata::MetadataValue::from(self.epoch),
+        );
+        (LeaseholdClient::new(self.channel.clone()), request)
+    }
+
+    /// The call over the node's session stream, or as a unary RPC when the
+    /// client does not stream.
+    pub async fn call<T: Streamable>(self, message: T) -> Result<T::Reply, Status> {
+        match &self.session {
+            Some(session) => session.call(message, self.timeout, self.epoch).await,
+            None => {
+                let (client, request) = self.unary(message);
+                T::unary(client, request).await
+            }
+        }
+    }
+}
 
 /// Replies that say who served them.
 pub trait Served {
@@ -58,18 +206,32 @@ struct Map {
 pub struct Router {
     seeds: Vec<String>,
     attempt_timeout: Duration,
+    /// Whether calls that can go over a node's session stream do.
+    streaming: bool,
     map: Mutex<Map>,
     channels: Mutex<HashMap<String, Channel>>,
+    sessions: Mutex<HashMap<String, Arc<SessionChannel>>>,
 }
 
 impl Router {
-    pub fn new(seeds: Vec<String>, attempt_timeout: Duration) -> Router {
+    pub fn new(seeds: Vec<String>, attempt_timeout: Duration, streaming: bool) -> Router {
         Router {
             seeds,
             attempt_timeout,
+            streaming,
             map: Mutex::new(Map::default()),
             channels: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The session stream to the node at `addr`, shared by every call.
+    fn session(&self, addr: &str, channel: &Channel) -> Arc<SessionChannel> {
+        let mut sessions = self.sessions.lock().expect("session table");
+        let session = sessions
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(SessionChannel::new(channel.clone())));
+        Arc::clone(session)
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -81,6 +243,11 @@ impl Router {
             .map_err(|e| Status::invalid_argument(format!("node address {addr}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            // A node gone silent (paused, cut off) breaks the connection
+            // and its session, rather than holding calls until each times
+            // out.
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
             .connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
@@ -198,8 +365,8 @@ impl Router {
     ) -> Result<Resp, Failure>
     where
         Resp: Served,
-        F: Fn(LeaseholdClient<Channel>, tonic::Request<Req>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+        F: Fn(Conn, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, Status>>,
     {
         let Some((partition, addr, epoch)) = self.target(scope) else {
             self.refresh().await.map_err(Failure::Retry)?;
@@ -208,15 +375,15 @@ impl Router {
             )));
         };
         let channel = self.channel(&addr).map_err(Failure::Final)?;
-        let mut request = tonic::Request::new(request);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        request.set_timeout(remaining.min(self.attempt_timeout + wait));
-        if let Ok(value) = epoch.to_string().parse() {
-            request.metadata_mut().insert("leasehold-epoch", value);
-        }
-        match send(LeaseholdClient::new(channel), request).await {
+        let conn = Conn {
+            session: self.streaming.then(|| self.session(&addr, &channel)),
+            channel,
+            timeout: remaining.min(self.attempt_timeout + wait),
+            epoch,
+        };
+        match send(conn, request).await {
             Ok(reply) => {
-                let reply = reply.into_inner();
                 if let Some(served_by) = reply.served_by() {
                     self.learn(partition, served_by);
                     if served_by.epoch > epoch {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -21,12 +21,14 @@ use super::turns::{Place, Turns};
 use crate::convert::{error_status, CheckArgs, InspectArgs};
 use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
 use crate::limits::{
-    IDEMPOTENCY_KEY_BYTES_MAX, WAITERS_MAX, WAITER_BYTES_MAX, WAITER_OVERHEAD_BYTES, WAIT_MS_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, SESSION_IN_FLIGHT_MAX, WAITERS_MAX, WAITER_BYTES_MAX,
+    WAITER_OVERHEAD_BYTES, WAIT_MS_MAX,
 };
+use crate::mux::{self, Replies};
 use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::leasehold_server::Leasehold;
-use crate::proto::v1::{self, constraint, ServedBy};
+use crate::proto::v1::{self, constraint, session_call, session_reply, ServedBy};
 use crate::raft::{GroupId, NodeId, PartitionMap};
 
 /// Metadata key counting how often a call was forwarded. A forwarded call
@@ -150,8 +152,12 @@ enum Exec<R> {
     Read(Reader<R>),
 }
 
+#[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
+    /// Turns true when the server stops: open sessions end, so the
+    /// graceful shutdown does not wait on them.
+    closing: watch::Receiver<bool>,
     /// Slots for parked acquires on this node.
     waiters: Arc<Semaphore>,
     /// Bytes parked acquires may keep on this node.
@@ -161,9 +167,10 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(node: Arc<Node>) -> Api {
+    pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>) -> Api {
         Api {
             node,
+            closing,
             waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
             waiter_bytes: Arc::new(Semaphore::new(WAITER_BYTES_MAX)),
             turns: Turns::default(),
@@ -191,6 +198,7 @@ impl Api {
         group: Arc<super::group::Group>,
         epoch: u64,
         message: v1::AcquireRequest,
+        acquire: engine::AcquireRequest,
         wait: Duration,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let Ok(_slot) = Arc::clone(&self.waiters).try_acquire_owned() else {
@@ -224,6 +232,7 @@ impl Api {
                     _ => Err(()),
                 },
             };
+            let mut proposed = false;
             loop {
                 if !group.is_leader() {
                     let leader = group.leader().0;
@@ -233,6 +242,26 @@ impl Api {
                 let changed = group.capacity_changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
+                let now = tokio::time::Instant::now();
+                // A retry is proposed only once the leader's applied state
+                // admits it: a denied proposal costs a Raft round for
+                // nothing. Capacity frees only as commands apply (which
+                // wakes `changed`) or as time passes (the check's
+                // retry_after). The first attempt always goes, to find a
+                // grant an earlier attempt with this key already made.
+                if proposed && turn.is_ok() && now < deadline {
+                    if let Some(retry_after) = denied_here(&group, &acquire) {
+                        let until = retry_after.map_or(deadline, |ms| {
+                            deadline.min(now + Duration::from_millis(ms.max(1)))
+                        });
+                        tokio::select! {
+                            () = &mut changed => {}
+                            () = tokio::time::sleep_until(until) => {}
+                        }
+                        continue;
+                    }
+                }
+                proposed = true;
                 let reply = self.acquire_once(Request::new(once.clone())).await?;
                 let retry_after = match &reply.get_ref().result {
                     Some(v1::acquire_response::Result::Denied(d)) => d.retry_after_ms,
@@ -454,6 +483,28 @@ impl Api {
     }
 }
 
+/// `Some(retry_after_ms)` when the leader's applied state would deny
+/// `acquire` now; `None` when it would grant it (or cannot tell).
+fn denied_here(
+    group: &super::group::Group,
+    acquire: &engine::AcquireRequest,
+) -> Option<Option<u64>> {
+    let now = clock::now_ms();
+    let checked = group.engine.read(|e| {
+        e.check(
+            &acquire.scope,
+            &acquire.constraints,
+            acquire.amount,
+            acquire.min_amount,
+            now,
+        )
+    });
+    match checked {
+        Ok(c) if c.grantable_amount == 0 => Some(c.retry_after_ms),
+        _ => None,
+    }
+}
+
 enum Target {
     Here(Arc<super::group::Group>),
     Peer { leader: NodeId, addr: String },
@@ -580,6 +631,75 @@ fn count_outcome(applied: &Applied) {
     }
 }
 
+impl Api {
+    /// One call of a session, served as its unary RPC would be.
+    async fn serve_session_call(&self, call: v1::SessionCall) -> v1::SessionReply {
+        let result = match self
+            .session_call(call.call, call.timeout_ms, call.epoch)
+            .await
+        {
+            Ok(result) => result,
+            Err(status) => session_reply::Result::Status(v1::CallStatus {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                details: status.details().to_vec(),
+            }),
+        };
+        v1::SessionReply {
+            call_id: call.call_id,
+            result: Some(result),
+        }
+    }
+
+    async fn session_call(
+        &self,
+        call: Option<session_call::Call>,
+        timeout_ms: u64,
+        epoch: u64,
+    ) -> Result<session_reply::Result, Status> {
+        // The unary RPC's metadata, from the call's fields.
+        fn unary<T>(message: T, timeout_ms: u64, epoch: u64) -> Request<T> {
+            let mut request = Request::new(message);
+            if timeout_ms > 0 {
+                request.set_timeout(Duration::from_millis(timeout_ms));
+            }
+            if epoch > 0 {
+                request
+                    .metadata_mut()
+                    .insert(EPOCH_HEADER, tonic::metadata::MetadataValue::from(epoch));
+            }
+            request
+        }
+        use session_call::Call as C;
+        use session_reply::Result as R;
+        Ok(match call {
+            Some(C::Acquire(r)) => R::Acquire(
+                self.acquire(unary(r, timeout_ms, epoch))
+                    .await?
+                    .into_inner(),
+            ),
+            Some(C::Extend(r)) => {
+                R::Extend(self.extend(unary(r, timeout_ms, epoch)).await?.into_inner())
+            }
+            Some(C::Release(r)) => R::Release(
+                self.release(unary(r, timeout_ms, epoch))
+                    .await?
+                    .into_inner(),
+            ),
+            Some(C::Check(r)) => {
+                R::Check(self.check(unary(r, timeout_ms, epoch)).await?.into_inner())
+            }
+            None => {
+                return Err(EngineError::invalid(
+                    "call",
+                    "must be one of acquire, extend, release, check",
+                )
+                .into())
+            }
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Leasehold for Api {
     async fn acquire(
@@ -611,10 +731,17 @@ impl Leasehold for Api {
             if let Some(group) = self.node.group(partition).filter(|g| g.is_leader()) {
                 let message = request.into_inner();
                 // Malformed input fails before it waits.
-                let cmd = Command::Acquire(message.clone().try_into().map_err(Status::from)?);
+                let acquire: engine::AcquireRequest =
+                    message.clone().try_into().map_err(Status::from)?;
+                let cmd = Command::Acquire(acquire);
                 engine::validate::command(&cmd).map_err(Status::from)?;
+                let Command::Acquire(acquire) = cmd else {
+                    unreachable!("built as an acquire above")
+                };
                 let wait = Duration::from_millis(wait_ms);
-                return self.wait_here(group, map.epoch, message, wait).await;
+                return self
+                    .wait_here(group, map.epoch, message, acquire, wait)
+                    .await;
             }
         }
         // Not the leader (or no wait): route as usual; a forwarded waiting
@@ -700,6 +827,28 @@ impl Leasehold for Api {
         request: Request<v1::AdjustCapacityRequest>,
     ) -> Result<Response<v1::CapacityResponse>, Status> {
         self.mutate(request, Command::AdjustCapacity).await
+    }
+
+    type SessionStream = Replies<v1::SessionReply>;
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<v1::SessionCall>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.node.is_stopping() {
+            return Err(Status::unavailable("this node is stopping"));
+        }
+        let api = self.clone();
+        let replies = mux::serve(
+            request.into_inner(),
+            self.closing.clone(),
+            SESSION_IN_FLIGHT_MAX,
+            move |call| {
+                let api = api.clone();
+                async move { api.serve_session_call(call).await }
+            },
+        );
+        Ok(Response::new(replies))
     }
 
     async fn get_partition_map(

@@ -122,9 +122,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .add_service(reflection_alpha)
         .add_service(PeerServer::new(peer::PeerService::new(
             Arc::clone(&node),
+            closing.clone(),
+        )))
+        .add_service(LeaseholdServer::new(api::Api::new(
+            Arc::clone(&node),
             closing,
         )))
-        .add_service(LeaseholdServer::new(api::Api::new(Arc::clone(&node))))
         .serve_with_incoming_shutdown(tokio_stream_listener(grpc), async {
             let _ = stop_rx.await;
         });

@@ -7,7 +7,6 @@
 //! Payloads are openraft's messages, postcard-encoded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +21,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::mux::{Mux, MuxError, Tagged};
 use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{RaftCall, RaftKind, RaftRequest, RaftResult};
 use crate::raft::{GroupId, NodeId, TypeConfig};
@@ -71,175 +69,27 @@ impl Peers {
         if let Some(link) = links.get(addr) {
             return Ok(Arc::clone(link));
         }
-        let link = Arc::new(RaftLink::new(self.peer(addr)?));
+        let link = Arc::new(raft_link(self.peer(addr)?));
         links.insert(addr.to_string(), Arc::clone(&link));
         Ok(link)
     }
 }
 
-/// Why a call over a [`RaftLink`] got no reply.
-#[derive(Debug)]
-pub enum LinkError {
-    /// The peer could not be reached at all: retried with back-off.
-    Unreachable(String),
-    /// Anything else; the call may or may not have been served.
-    Failed(String),
-}
-
-type Waiter = oneshot::Sender<Result<Vec<u8>, LinkError>>;
-
 /// Raft calls to one peer over one bidirectional stream, opened on first
 /// use and again after it breaks.
-pub struct RaftLink {
-    client: PeerClient<Channel>,
-    next_id: AtomicU64,
-    current: Mutex<Option<Arc<OpenStream>>>,
-}
+pub type RaftLink = Mux<RaftCall, RaftResult>;
 
-/// One open stream: its outgoing calls, and who waits for which reply.
-struct OpenStream {
-    calls: mpsc::UnboundedSender<RaftCall>,
-    /// `None` once the stream ended: no call can join it any more.
-    waiting: Mutex<Option<HashMap<u64, Waiter>>>,
-    closed: AtomicBool,
-}
-
-impl RaftLink {
-    fn new(client: PeerClient<Channel>) -> RaftLink {
-        RaftLink {
-            client,
-            next_id: AtomicU64::new(1),
-            current: Mutex::new(None),
-        }
-    }
-
-    /// Sends `request` and waits up to `timeout` for its reply's payload.
-    pub async fn call(
-        &self,
-        request: RaftRequest,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, LinkError> {
-        let stream = self.stream();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut waiting = stream.waiting.lock().expect("waiting lock");
-            let Some(waiting) = waiting.as_mut() else {
-                return Err(LinkError::Failed("the raft stream just ended".into()));
-            };
-            waiting.insert(id, tx);
-        }
-        let call = RaftCall {
-            id,
-            request: Some(request),
-        };
-        if stream.calls.send(call).is_err() {
-            stream.forget(id);
-            return Err(LinkError::Failed("the raft stream ended".into()));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(LinkError::Failed("the raft stream dropped the call".into())),
-            Err(_) => {
-                stream.forget(id);
-                Err(LinkError::Failed(format!("no reply within {timeout:?}")))
-            }
-        }
-    }
-
-    /// The open stream, opening one if there is none or it ended.
-    fn stream(&self) -> Arc<OpenStream> {
-        let mut current = self.current.lock().expect("link lock");
-        if let Some(stream) = current
-            .as_ref()
-            .filter(|s| !s.closed.load(Ordering::Acquire))
-        {
-            return Arc::clone(stream);
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stream = Arc::new(OpenStream {
-            calls: tx,
-            waiting: Mutex::new(Some(HashMap::new())),
-            closed: AtomicBool::new(false),
-        });
-        tokio::spawn(drive(
-            self.client.clone(),
-            UnboundedReceiverStream::new(rx),
-            Arc::clone(&stream),
-        ));
-        *current = Some(Arc::clone(&stream));
-        stream
+impl Tagged for RaftResult {
+    fn call_id(&self) -> u64 {
+        self.id
     }
 }
 
-/// Opens the stream and hands each reply to its caller until the stream
-/// ends; then fails every call still waiting.
-async fn drive(
-    mut client: PeerClient<Channel>,
-    calls: UnboundedReceiverStream<RaftCall>,
-    stream: Arc<OpenStream>,
-) {
-    let ended = match client.raft_stream(calls).await {
-        Err(status) if status.code() == tonic::Code::Unavailable => {
-            LinkError::Unreachable(format!("{}: {}", status.code(), status.message()))
-        }
-        Err(status) => LinkError::Failed(format!("{}: {}", status.code(), status.message())),
-        Ok(response) => {
-            let mut results = response.into_inner();
-            loop {
-                match results.message().await {
-                    Ok(Some(result)) => stream.answer(result),
-                    Ok(None) => break LinkError::Failed("the peer ended the raft stream".into()),
-                    Err(status) => {
-                        break LinkError::Failed(format!(
-                            "raft stream: {}: {}",
-                            status.code(),
-                            status.message()
-                        ))
-                    }
-                }
-            }
-        }
-    };
-    stream.close(&ended);
-}
-
-impl OpenStream {
-    fn answer(&self, result: RaftResult) {
-        let waiter = self
-            .waiting
-            .lock()
-            .expect("waiting lock")
-            .as_mut()
-            .and_then(|w| w.remove(&result.id));
-        // The caller may have timed out and gone.
-        if let Some(waiter) = waiter {
-            let answer = if result.error.is_empty() {
-                Ok(result.payload)
-            } else {
-                Err(LinkError::Failed(result.error))
-            };
-            let _ = waiter.send(answer);
-        }
-    }
-
-    fn forget(&self, id: u64) {
-        if let Some(waiting) = self.waiting.lock().expect("waiting lock").as_mut() {
-            waiting.remove(&id);
-        }
-    }
-
-    fn close(&self, why: &LinkError) {
-        self.closed.store(true, Ordering::Release);
-        let waiting = self.waiting.lock().expect("waiting lock").take();
-        for (_, waiter) in waiting.into_iter().flatten() {
-            let error = match why {
-                LinkError::Unreachable(reason) => LinkError::Unreachable(reason.clone()),
-                LinkError::Failed(reason) => LinkError::Failed(reason.clone()),
-            };
-            let _ = waiter.send(Err(error));
-        }
-    }
+fn raft_link(client: PeerClient<Channel>) -> RaftLink {
+    Mux::new(move |calls| {
+        let mut client = client.clone();
+        Box::pin(async move { Ok(client.raft_stream(calls).await?.into_inner()) })
+    })
 }
 
 /// Makes the network client of one group towards each of its peers.
@@ -300,33 +150,36 @@ impl GroupNetwork {
             kind: kind.into(),
             payload,
         };
-        let reply = if unary {
+        let payload = if unary {
             let mut request = tonic::Request::new(request);
             request.set_timeout(option.hard_ttl());
-            client
-                .raft(request)
-                .await
-                .map(|reply| reply.into_inner().payload)
-                .map_err(|status| {
+            match client.raft(request).await {
+                Ok(reply) => reply.into_inner().payload,
+                Err(status) => {
                     let reason = format!("{}: {}", status.code(), status.message());
-                    if status.code() == tonic::Code::Unavailable {
-                        LinkError::Unreachable(reason)
+                    return Err(if status.code() == tonic::Code::Unavailable {
+                        unreachable(reason)
                     } else {
-                        LinkError::Failed(reason)
-                    }
-                })
-        } else {
-            link.call(request, option.hard_ttl()).await
-        };
-        // A peer that cannot be reached at all (down, refusing connections)
-        // is retried with openraft's back-off instead of at once; anything
-        // else may be transient and is retried now.
-        let payload = reply.map_err(|e| match e {
-            LinkError::Unreachable(reason) => {
-                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(reason)))
+                        network_error(reason)
+                    });
+                }
             }
-            LinkError::Failed(reason) => network_error(reason),
-        })?;
+        } else {
+            let call = |id| RaftCall {
+                id,
+                request: Some(request),
+            };
+            match link.call(call, option.hard_ttl()).await {
+                Ok(result) if result.error.is_empty() => result.payload,
+                Ok(result) => return Err(network_error(result.error)),
+                // A peer that cannot be reached at all (down, refusing
+                // connections) is retried with openraft's back-off instead
+                // of at once; anything else may be transient and is retried
+                // now.
+                Err(MuxError::Unreachable(reason)) => return Err(unreachable(reason)),
+                Err(e) => return Err(network_error(e.to_string())),
+            }
+        };
         let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&payload)
             .map_err(|e| network_error(format!("decoding a raft reply: {e}")))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -335,6 +188,10 @@ impl GroupNetwork {
 
 fn network_error<E: std::error::Error>(reason: String) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(reason)))
+}
+
+fn unreachable<E: std::error::Error>(reason: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(reason)))
 }
 
 impl RaftNetwork<TypeConfig> for GroupNetwork {

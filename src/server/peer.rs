@@ -1,23 +1,24 @@
 //! The node-to-node service: Raft RPCs for any hosted group, election
 //! triggers for leadership handover, state digests, map proposals.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::Stream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::Node;
+use crate::mux::{self, Replies};
 use crate::proto::peer::peer_server::Peer;
 use crate::proto::peer::{
     DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest, MetaProposal, MetaReply,
     RaftCall, RaftKind, RaftReply, RaftRequest, RaftResult,
 };
 use crate::raft::{MetaCommand, NodeId, TypeConfig};
+
+/// Raft calls one peer stream may have in flight at once.
+const RAFT_IN_FLIGHT: usize = 4096;
 
 #[derive(Clone)]
 pub struct PeerService {
@@ -79,36 +80,29 @@ impl Peer for PeerService {
             .map(Response::new)
     }
 
-    type RaftStreamStream = Pin<Box<dyn Stream<Item = Result<RaftResult, Status>> + Send>>;
+    type RaftStreamStream = Replies<RaftResult>;
 
     /// Serves every call of the stream at once, each in its own task, and
     /// answers each as it finishes: one group's slow append holds up no
-    /// other group. Replies are bounded by the calls in flight, which the
-    /// caller bounds (one per group and kind).
+    /// other group. The caller bounds the calls in flight (one per group
+    /// and kind); [`RAFT_IN_FLIGHT`] only guards against a runaway peer.
     async fn raft_stream(
         &self,
         request: Request<Streaming<RaftCall>>,
     ) -> Result<Response<Self::RaftStreamStream>, Status> {
-        let mut calls = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
         let service = self.clone();
-        let mut closing = self.closing.clone();
-        tokio::spawn(async move {
-            loop {
-                let call = tokio::select! {
-                    call = calls.message() => match call {
-                        Ok(Some(call)) => call,
-                        _ => break,
-                    },
-                    _ = closing.wait_for(|closing| *closing) => break,
-                };
-                let (service, tx) = (service.clone(), tx.clone());
-                tokio::spawn(async move {
+        let replies = mux::serve(
+            request.into_inner(),
+            self.closing.clone(),
+            RAFT_IN_FLIGHT,
+            move |call: RaftCall| {
+                let service = service.clone();
+                async move {
                     let served = match call.request {
                         Some(req) => service.serve_raft(req).await,
                         None => Err(Status::invalid_argument("request: missing")),
                     };
-                    let result = match served {
+                    match served {
                         Ok(reply) => RaftResult {
                             id: call.id,
                             payload: reply.payload,
@@ -119,13 +113,11 @@ impl Peer for PeerService {
                             payload: Vec::new(),
                             error: status.message().to_string(),
                         },
-                    };
-                    // The caller may have gone; nothing then waits for it.
-                    let _ = tx.send(Ok(result));
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+                    }
+                }
+            },
+        );
+        Ok(Response::new(replies))
     }
 
     async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {

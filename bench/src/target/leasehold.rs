@@ -33,6 +33,9 @@ pub struct Cluster {
     members: String,
     partitions: u32,
     pub nodes: Vec<Node>,
+    /// Whether the client sends calls over session streams (the default)
+    /// or as unary RPCs.
+    pub streaming: bool,
     // Last: the processes go before their directory.
     scratch: Scratch,
 }
@@ -62,6 +65,7 @@ impl Cluster {
             members,
             partitions,
             nodes,
+            streaming: true,
             scratch,
         };
         for node_id in 1..=count {
@@ -158,6 +162,7 @@ impl Cluster {
         // An attempt must outlive a waiting acquire's wait.
         config.attempt_timeout = Duration::from_secs(5);
         config.max_in_flight = 1 << 20;
+        config.streaming = self.streaming;
         Client::connect(config)
             .await
             .context("connecting to the Leasehold cluster")

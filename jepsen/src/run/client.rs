@@ -1,10 +1,16 @@
 //! Calls from the harness to one chosen node, each with its own deadline,
 //! and what their results mean for the history: a definite answer (ok or
 //! fail) or an indeterminate one (info) that a retry must resolve.
+//! Acquires, extends and releases go in turn as unary RPCs and over the
+//! node's session stream, so faults meet both paths.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use leasehold::client::{SessionChannel, Streamable};
 
 use leasehold::convert::error_detail;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
@@ -34,10 +40,13 @@ const DEFINITE_CODES: [&str; 6] = [
     "CAPACITY_OUT_OF_RANGE",
 ];
 
-/// One channel per node, shared by every worker.
+/// One channel and one session stream per node, shared by every worker.
 #[derive(Clone)]
 pub struct Clients {
     channels: BTreeMap<NodeId, Channel>,
+    sessions: BTreeMap<NodeId, Arc<SessionChannel>>,
+    /// Counts calls, to alternate between the two paths.
+    turn: Arc<AtomicU64>,
 }
 
 impl Clients {
@@ -55,8 +64,36 @@ impl Clients {
                     .connect_lazy();
                 (node.id, channel)
             })
+            .collect::<BTreeMap<_, _>>();
+        let sessions = channels
+            .iter()
+            .map(|(id, channel)| (*id, Arc::new(SessionChannel::new(channel.clone()))))
             .collect();
-        Clients { channels }
+        Clients {
+            channels,
+            sessions,
+            turn: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends `message` to node `id` with `timeout` as its deadline: every
+    /// other call over the node's session stream, the rest as unary RPCs.
+    pub fn send<T: Streamable>(
+        &self,
+        id: NodeId,
+        message: T,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response<T::Reply>, Status>> + use<T> {
+        let streamed = self.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        let (client, session) = (self.to(id), Arc::clone(&self.sessions[&id]));
+        async move {
+            let reply = if streamed {
+                session.call(message, timeout, 0).await
+            } else {
+                T::unary(client, request(message, timeout)).await
+            };
+            reply.map(Response::new)
+        }
     }
 
     pub fn to(&self, id: NodeId) -> LeaseholdClient<Channel> {

@@ -361,11 +361,8 @@ impl Proc {
                     ttl_ms: *ttl_ms,
                     idempotency_key: idem.clone(),
                 };
-                let answer = call_with(CALL_TIMEOUT, |t| {
-                    let mut client = self.ctx.clients.to(node);
-                    async move { client.extend(request(message, t)).await }
-                })
-                .await;
+                let answer =
+                    call_with(CALL_TIMEOUT, |t| self.ctx.clients.send(node, message, t)).await;
                 complete(&mut op, answer, |_, _| EventKind::Ok)
             }
             Call::Release { key, idem, lease } => {
@@ -374,11 +371,8 @@ impl Proc {
                     lease_id: *lease,
                     idempotency_key: idem.clone(),
                 };
-                let answer = call_with(CALL_TIMEOUT, |t| {
-                    let mut client = self.ctx.clients.to(node);
-                    async move { client.release(request(message, t)).await }
-                })
-                .await;
+                let answer =
+                    call_with(CALL_TIMEOUT, |t| self.ctx.clients.send(node, message, t)).await;
                 complete(&mut op, answer, |op, reply| {
                     if let Op::Release(r) = op {
                         r.was_held = Some(reply.was_held);
@@ -430,11 +424,7 @@ impl Proc {
             ..AcquireRequest::default()
         };
         let timeout = CALL_TIMEOUT + Duration::from_millis(wait_ms.unwrap_or(0));
-        let answer = call_with(timeout, |t| {
-            let mut client = self.ctx.clients.to(node);
-            async move { client.acquire(request(message, t)).await }
-        })
-        .await;
+        let answer = call_with(timeout, |t| self.ctx.clients.send(node, message, t)).await;
         complete(op, answer, |op, reply| match (&reply.result, op) {
             (Some(AcquireResult::Granted(grant)), Op::Acquire(a)) => {
                 a.lease = Some(grant.lease_id);
