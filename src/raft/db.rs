@@ -7,18 +7,20 @@
 //! - `state`: `group ‖ tag` → the state machine's checkpoint and snapshot.
 //!
 //! Values are postcard-encoded. Writes go in unsynced; durability comes from
-//! the shared [`GroupCommit`] thread.
+//! the shared [`GroupCommit`] thread. Committed log ids are not written on
+//! their own: each rides along with the node's next write of anything.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::group_commit::{Done, GroupCommit, SyncCounts};
-use super::types::GroupId;
+use super::types::{GroupId, LogId};
 
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
@@ -60,6 +62,9 @@ pub struct RaftDb {
     // database can close under it.
     group_commit: GroupCommit,
     db: Arc<rocksdb::DB>,
+    /// Committed log ids saved since the last write, per group (`None`:
+    /// cleared), for the next write to carry.
+    committed: Mutex<HashMap<GroupId, Option<LogId>>>,
 }
 
 impl RaftDb {
@@ -81,7 +86,11 @@ impl RaftDb {
             }
         }
         let group_commit = GroupCommit::start(Arc::clone(&db))?;
-        Ok(Arc::new(RaftDb { group_commit, db }))
+        Ok(Arc::new(RaftDb {
+            group_commit,
+            db,
+            committed: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -103,11 +112,53 @@ impl RaftDb {
     }
 
     /// Writes unsynced: readable at once, durable with the next sync.
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), DbError> {
+    /// Carries every committed log id saved since the last write.
+    pub(crate) fn write(&self, mut batch: WriteBatch) -> Result<(), DbError> {
         let started = std::time::Instant::now();
+        self.add_committed(&mut batch)?;
         self.db.write(batch)?;
         metrics::histogram!("leasehold_rocksdb_write_seconds")
             .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Saves `group`'s committed log id for the next write to carry. Losing
+    /// it in a crash only means a restart re-applies less before the
+    /// leader says it again; a write that carries an older id for the same
+    /// group after a newer one means the same, never more.
+    pub(crate) fn save_committed(&self, group: GroupId, committed: Option<LogId>) {
+        self.committed
+            .lock()
+            .expect("committed ids lock")
+            .insert(group, committed);
+    }
+
+    /// `group`'s committed log id: the one saved last, written or not.
+    pub(crate) fn committed(&self, group: GroupId) -> Result<Option<LogId>, DbError> {
+        let pending = self
+            .committed
+            .lock()
+            .expect("committed ids lock")
+            .get(&group)
+            .copied();
+        match pending {
+            Some(committed) => Ok(committed),
+            None => self.get(CF_RAFT, &tag_key(group, TAG_COMMITTED), "committed log id"),
+        }
+    }
+
+    /// Moves the committed log ids saved since the last write into `batch`.
+    fn add_committed(&self, batch: &mut WriteBatch) -> Result<(), DbError> {
+        let pending = std::mem::take(&mut *self.committed.lock().expect("committed ids lock"));
+        for (group, committed) in pending {
+            let key = tag_key(group, TAG_COMMITTED);
+            match committed {
+                Some(log_id) => {
+                    batch.put_cf(self.cf(CF_RAFT), key, encode(&log_id, "committed log id")?);
+                }
+                None => batch.delete_cf(self.cf(CF_RAFT), key),
+            }
+        }
         Ok(())
     }
 
@@ -156,6 +207,7 @@ impl RaftDb {
     /// Syncs the WAL and writes every memtable to disk, so the next open
     /// replays nothing. For a clean shutdown.
     pub fn flush(&self) -> Result<(), DbError> {
+        self.write(WriteBatch::default())?;
         self.db.flush_wal(true)?;
         for name in COLUMN_FAMILIES {
             self.db.flush_cf(self.cf(name))?;
@@ -166,6 +218,15 @@ impl RaftDb {
     /// Group-commit counters, for metrics.
     pub fn sync_counts(&self) -> SyncCounts {
         self.group_commit.counts()
+    }
+}
+
+impl Drop for RaftDb {
+    /// Writes the committed log ids still pending (unsynced, as ever).
+    fn drop(&mut self) {
+        if let Err(e) = self.write(WriteBatch::default()) {
+            tracing::warn!(error = %e, "writing committed log ids on close");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 
-use super::db::{self, DbError, RaftDb, CF_LOG, CF_RAFT, TAG_COMMITTED, TAG_PURGED, TAG_VOTE};
+use super::db::{self, DbError, RaftDb, CF_LOG, CF_RAFT, TAG_PURGED, TAG_VOTE};
 use super::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 /// The log store of one group: a group id over the shared database. Cheap
@@ -147,25 +147,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
-    /// Unsynced: a committed index lost in a crash only means a restart
-    /// re-applies less before the leader tells it again.
+    /// Kept in memory until the node's next write carries it: a committed
+    /// id lost in a crash only means a restart re-applies less before the
+    /// leader tells it again.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        match committed {
-            Some(log_id) => self.put_raft(TAG_COMMITTED, &log_id).map_err(write_err),
-            None => {
-                let mut batch = WriteBatch::default();
-                let key = db::tag_key(self.group, TAG_COMMITTED);
-                batch.delete_cf(self.db.cf(CF_RAFT), key);
-                self.db.write(batch).map_err(write_err)
-            }
-        }
+        self.db.save_committed(self.group, committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let key = db::tag_key(self.group, TAG_COMMITTED);
-        self.db
-            .get(CF_RAFT, &key, "committed log id")
-            .map_err(read_err)
+        self.db.committed(self.group).map_err(read_err)
     }
 
     /// Returns once the entries are readable; `callback` fires from the

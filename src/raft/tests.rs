@@ -182,6 +182,44 @@ async fn concurrent_groups_share_fsyncs() {
     );
 }
 
+/// The committed id saved for one group, as the database holds it (not
+/// the in-memory copy).
+fn stored_committed(db: &RaftDb, group: GroupId) -> Option<LogId> {
+    db.get(
+        super::db::CF_RAFT,
+        &super::db::tag_key(group, super::db::TAG_COMMITTED),
+        "committed log id",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_committed_id_rides_with_the_next_write_and_is_written_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, mut log, _sm) = open(&dir, 1);
+        let mut other = LogStore::new(Arc::clone(&db), 2);
+        log.blocking_append((1..=3).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 2)));
+        assert_eq!(stored_committed(&db, 1), None, "not written on its own");
+
+        // Any group's next write carries it.
+        other.blocking_append([blank(1, 1)]).await.unwrap();
+        assert_eq!(stored_committed(&db, 1), Some(log_id(1, 2)));
+        assert_eq!(stored_committed(&db, 2), None);
+
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        assert_eq!(stored_committed(&db, 1), Some(log_id(1, 2)));
+    }
+    // Closing the database writes the last one.
+    let (db, mut log, _sm) = open(&dir, 1);
+    assert_eq!(stored_committed(&db, 1), Some(log_id(1, 3)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+}
+
 /// Appends `entries` to the log, commits and applies them.
 async fn commit_and_apply(log: &mut LogStore, sm: &mut StateMachine, entries: Vec<Entry>) {
     let last = entries.last().expect("entries").log_id;
