@@ -647,6 +647,14 @@ impl<S: Store> Engine<S> {
 
     /// Would an acquire of these constraints be granted at `now_ms`? Reads
     /// only; `now_ms` earlier than the applied time counts as the applied time.
+    /// Whether a command with this idempotency key succeeded and is still
+    /// remembered (a retry would replay it). Denials are never remembered.
+    pub fn remembers(&self, scope: &str, idempotency_key: &str) -> bool {
+        self.store
+            .dedup(&DedupKey::new(scope, idempotency_key))
+            .is_some()
+    }
+
     pub fn check(
         &self,
         scope: &str,

@@ -468,6 +468,12 @@ impl MemStore {
         self.dedup.len()
     }
 
+    /// Keys, leases, idempotency records and key settings: what
+    /// [`MemStore::encode`] writes.
+    pub fn record_count(&self) -> usize {
+        self.keys.len() + self.leases.len() + self.dedup.len() + self.admin.len()
+    }
+
     pub fn deadline_count(&self) -> usize {
         self.deadlines.len()
     }

@@ -2,12 +2,12 @@
 //! durable by the synced log plus periodic checkpoints in RocksDB.
 //!
 //! Applying writes nothing by itself: the log already holds every applied
-//! entry. Every [`CHECKPOINT_INTERVAL_ENTRIES`] entries the whole engine
-//! state is written (unsynced, one write) as a checkpoint, and every snapshot
-//! is written too. On open, the newer of the two is loaded and reported by
-//! `applied_state()`, and openraft re-applies the committed log after it —
-//! so a restart replays at most one interval of entries, never the whole
-//! log. Openraft purges the log only up to its latest snapshot, which is on
+//! entry. Every [`checkpoint_interval`] entries (1000, or one per 16
+//! records of a larger state) the whole engine state is written (unsynced,
+//! one write) as a checkpoint, and every snapshot is written too. On open,
+//! the newer of the two is loaded and reported by `applied_state()`, and
+//! openraft re-applies the committed log after it — so a restart replays
+//! at most one interval of entries, never the whole log. Openraft purges the log only up to its latest snapshot, which is on
 //! disk before the purge, so the entries after whatever is loaded are there.
 
 use std::io::Cursor;
@@ -30,9 +30,21 @@ use crate::engine::{Engine, EngineConfig, MemStore};
 /// left is not fit to read, so readers fail loudly too.
 const POISONED: &str = "a panic in the state machine left its state inconsistent";
 
-/// The most entries applied between two checkpoints: bounds what a restart
-/// re-applies from the log.
+/// The fewest entries applied between two checkpoints.
 pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 1000;
+
+/// A checkpoint writes every record of the state, so a large state waits
+/// for more entries between checkpoints: one entry per this many records.
+/// That bounds a checkpoint's cost at this many records per applied entry,
+/// and what a restart re-applies at the larger of
+/// [`CHECKPOINT_INTERVAL_ENTRIES`] and the state's record count over this
+/// (loading the checkpoint costs the whole record count anyway).
+pub const CHECKPOINT_RECORDS_PER_ENTRY: u64 = 16;
+
+/// Entries to apply between two checkpoints of a state of `records`.
+pub fn checkpoint_interval(records: usize) -> u64 {
+    CHECKPOINT_INTERVAL_ENTRIES.max(records as u64 / CHECKPOINT_RECORDS_PER_ENTRY)
+}
 
 /// A complete state of the group at one applied log id. Also the bytes of
 /// a snapshot.
@@ -296,15 +308,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let responses: Vec<Response> = {
+        let (responses, records) = {
             let mut state = self.state.write_state();
-            entries
+            let responses: Vec<Response> = entries
                 .into_iter()
                 .map(|entry| state.apply(entry))
-                .collect()
+                .collect();
+            (responses, state.engine.store().record_count())
         };
         self.applied_since_checkpoint += responses.len() as u64;
-        if self.applied_since_checkpoint >= CHECKPOINT_INTERVAL_ENTRIES {
+        if self.applied_since_checkpoint >= checkpoint_interval(records) {
             self.save_checkpoint().map_err(write_err)?;
         }
         Ok(responses)

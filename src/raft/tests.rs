@@ -12,7 +12,7 @@ use openraft::{
 };
 use tempfile::TempDir;
 
-use super::state_machine::CHECKPOINT_INTERVAL_ENTRIES;
+use super::state_machine::{checkpoint_interval, CHECKPOINT_INTERVAL_ENTRIES};
 use super::types::{Entry, LogId, StorageError};
 use super::{GroupId, LogStore, RaftDb, Request, Response, StateMachine};
 use crate::engine::{
@@ -321,6 +321,62 @@ async fn restart_loads_the_checkpoint_then_replays() {
     assert!(persisted + 1 >= CHECKPOINT_INTERVAL_ENTRIES && persisted + 1 < total);
     assert_eq!(sm.handle().last_applied(), Some(log_id(1, total - 1)));
     assert_eq!(sm.handle().read(|e| e.store().digest()), before);
+}
+
+/// A state of 18,000 records waits 18,000 / 16 = 1,125 entries between
+/// checkpoints, not 1,000.
+#[tokio::test]
+async fn a_large_state_checkpoints_less_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = 6_000;
+    let interval = checkpoint_interval(3 * big);
+    assert_eq!(interval, 1_125);
+    // Twelve entries of 500 acquires on keys of their own (a key, a lease
+    // and an idempotency record each), then blanks.
+    let entries = |from: u64, to: u64| -> Vec<Entry> {
+        (from..to)
+            .map(|i| {
+                if i < 12 {
+                    let commands = (0..500)
+                        .map(|j| {
+                            let n = i * 500 + j;
+                            acquire(&format!("k{n}"), &format!("i{n}"))
+                        })
+                        .collect();
+                    normal(1, i, 1_000 + i, commands)
+                } else {
+                    blank(1, i)
+                }
+            })
+            .collect()
+    };
+    let (dir, entries) = (&dir, &entries);
+    let apply = |from: u64, to: u64| async move {
+        let (_db, mut log, mut sm) = open(dir, 6);
+        if from > 0 {
+            let mut helper = StorageHelper::new(&mut log, &mut sm);
+            helper.get_initial_state().await.unwrap();
+        }
+        for chunk in entries(from, to).chunks(50) {
+            commit_and_apply(&mut log, &mut sm, chunk.to_vec()).await;
+        }
+    };
+    apply(0, 1_100).await;
+    let (_log, sm, persisted) = restart(dir, 6).await;
+    assert_eq!(persisted, None, "1,100 entries: no checkpoint yet");
+    assert_eq!(
+        sm.handle().read(|e| e.store().record_count()),
+        3 * big as usize
+    );
+    drop((_log, sm));
+
+    apply(1_100, 1_200).await;
+    let (_log, _sm, persisted) = restart(dir, 6).await;
+    let persisted = persisted.expect("a checkpoint after 1,125 entries").index;
+    assert!(
+        (interval - 1..1_200).contains(&persisted),
+        "checkpoint at index {persisted}"
+    );
 }
 
 #[tokio::test]

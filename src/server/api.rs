@@ -232,7 +232,6 @@ impl Api {
                     _ => Err(()),
                 },
             };
-            let mut proposed = false;
             loop {
                 if !group.is_leader() {
                     let leader = group.leader().0;
@@ -243,13 +242,14 @@ impl Api {
                 tokio::pin!(changed);
                 changed.as_mut().enable();
                 let now = tokio::time::Instant::now();
-                // A retry is proposed only once the leader's applied state
-                // admits it: a denied proposal costs a Raft round for
+                // An attempt is proposed only once the leader's applied
+                // state admits it: a denied proposal costs a Raft round for
                 // nothing. Capacity frees only as commands apply (which
                 // wakes `changed`) or as time passes (the check's
-                // retry_after). The first attempt always goes, to find a
-                // grant an earlier attempt with this key already made.
-                if proposed && turn.is_ok() && now < deadline {
+                // retry_after). An attempt whose key already succeeded goes
+                // at once, to replay that grant; so does the last one, for
+                // the denial's details.
+                if turn.is_ok() && now < deadline {
                     if let Some(retry_after) = denied_here(&group, &acquire) {
                         let until = retry_after.map_or(deadline, |ms| {
                             deadline.min(now + Duration::from_millis(ms.max(1)))
@@ -261,7 +261,6 @@ impl Api {
                         continue;
                     }
                 }
-                proposed = true;
                 let reply = self.acquire_once(Request::new(once.clone())).await?;
                 let retry_after = match &reply.get_ref().result {
                     Some(v1::acquire_response::Result::Denied(d)) => d.retry_after_ms,
@@ -484,25 +483,29 @@ impl Api {
 }
 
 /// `Some(retry_after_ms)` when the leader's applied state would deny
-/// `acquire` now; `None` when it would grant it (or cannot tell).
+/// `acquire` now; `None` when it would grant it, when its key already
+/// succeeded (a proposal replays that), or when it cannot tell.
 fn denied_here(
     group: &super::group::Group,
     acquire: &engine::AcquireRequest,
 ) -> Option<Option<u64>> {
     let now = clock::now_ms();
-    let checked = group.engine.read(|e| {
-        e.check(
+    group.engine.read(|e| {
+        if e.remembers(&acquire.scope, &acquire.idempotency_key) {
+            return None;
+        }
+        let checked = e.check(
             &acquire.scope,
             &acquire.constraints,
             acquire.amount,
             acquire.min_amount,
             now,
-        )
-    });
-    match checked {
-        Ok(c) if c.grantable_amount == 0 => Some(c.retry_after_ms),
-        _ => None,
-    }
+        );
+        match checked {
+            Ok(c) if c.grantable_amount == 0 => Some(c.retry_after_ms),
+            _ => None,
+        }
+    })
 }
 
 enum Target {
