@@ -364,10 +364,7 @@ async fn a_large_state_checkpoints_less_often() {
     apply(0, 1_100).await;
     let (_log, sm, persisted) = restart(dir, 6).await;
     assert_eq!(persisted, None, "1,100 entries: no checkpoint yet");
-    assert_eq!(
-        sm.handle().read(|e| e.store().record_count()),
-        3 * big as usize
-    );
+    assert_eq!(sm.handle().read(|e| e.store().record_count()), 3 * big);
     drop((_log, sm));
 
     apply(1_100, 1_200).await;
