@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::procs;
 use crate::spec::{Request, Rng, Workload};
 use crate::stats::Latencies;
+use crate::target::leasehold::RaftCounters;
 use crate::target::{Conn, Outcome, Server};
 
 /// Open loop: cycles in flight at most; later arrivals queue in the
@@ -70,7 +71,13 @@ pub struct Measured {
     pub tally: Tally,
     pub window: Duration,
     pub server_cpu_us: u64,
+    /// Per server process, in the order of `Server::pids`.
+    pub server_cpu_us_by_process: Vec<u64>,
     pub client_cpu_us: u64,
+    /// Flushes of the disk under the servers' data over the window.
+    pub disk_flushes: Option<u64>,
+    /// Leasehold: its nodes' counters over the window.
+    pub raft: Option<RaftCounters>,
     /// CPU time of every other process on the machine over the window.
     pub other_cpu_us: u64,
     pub conflicts: u64,
@@ -106,46 +113,63 @@ impl Shared {
 }
 
 /// CPU time so far of the servers, the load generator and the whole
-/// machine, at one instant.
-#[derive(Clone, Copy)]
+/// machine, the disk's flushes and Leasehold's counters, at one instant.
+#[derive(Clone)]
 struct CpuSnapshot {
-    server_us: u64,
+    server_us: Vec<u64>,
     client_us: u64,
     machine_us: u64,
+    flushes: Option<u64>,
+    raft: Option<RaftCounters>,
     at: Instant,
 }
 
 impl CpuSnapshot {
-    fn take(pids: &[u32]) -> CpuSnapshot {
+    fn take(server: &Server) -> CpuSnapshot {
         CpuSnapshot {
-            server_us: pids.iter().map(|&p| procs::cpu_us(p)).sum(),
+            server_us: server.pids().iter().map(|&p| procs::cpu_us(p)).collect(),
             client_us: procs::self_cpu_us(),
             machine_us: procs::machine_busy_us(),
+            flushes: procs::disk_flushes(&std::env::temp_dir()),
+            raft: server.raft_counters(),
             at: Instant::now(),
         }
     }
 }
 
-/// What the CPUs did over a window.
-#[derive(Clone, Copy, Default)]
+/// What the CPUs (and the disk) did over a window.
+#[derive(Clone, Default)]
 struct CpuUse {
     window: Duration,
-    server_us: u64,
+    /// Per server process, in the order of `Server::pids`.
+    server_us: Vec<u64>,
     client_us: u64,
     /// Busy time of every other process on the machine.
     other_us: u64,
+    flushes: Option<u64>,
+    raft: Option<RaftCounters>,
 }
 
 impl CpuUse {
-    fn between(before: CpuSnapshot, after: CpuSnapshot) -> CpuUse {
-        let server_us = after.server_us.saturating_sub(before.server_us);
+    fn between(before: &CpuSnapshot, after: &CpuSnapshot) -> CpuUse {
+        let server_us: Vec<u64> = after
+            .server_us
+            .iter()
+            .zip(&before.server_us)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
         let client_us = after.client_us.saturating_sub(before.client_us);
         let machine_us = after.machine_us.saturating_sub(before.machine_us);
         CpuUse {
             window: after.at - before.at,
+            other_us: machine_us.saturating_sub(server_us.iter().sum::<u64>() + client_us),
             server_us,
             client_us,
-            other_us: machine_us.saturating_sub(server_us + client_us),
+            flushes: after
+                .flushes
+                .zip(before.flushes)
+                .map(|(a, b)| a.saturating_sub(b)),
+            raft: after.raft.zip(before.raft).map(|(a, b)| a.since(b)),
         }
     }
 }
@@ -168,7 +192,7 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
     });
     let progress = progress_bar(config);
     let ticker = tokio::spawn(tick(progress.clone(), Arc::clone(&shared), config.workload));
-    let pids = server.pids();
+    let server = &*server;
 
     let (tally, cpu, unfinished) = match config.mode {
         Mode::Closed { .. } => {
@@ -185,11 +209,11 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
                 )));
             }
             tokio::time::sleep(config.warmup).await;
-            let before = CpuSnapshot::take(&pids);
+            let before = CpuSnapshot::take(server);
             shared.phase.store(MEASURE, Ordering::Release);
             tokio::time::sleep(config.duration).await;
             shared.phase.store(STOP, Ordering::Release);
-            let cpu = CpuUse::between(before, CpuSnapshot::take(&pids));
+            let cpu = CpuUse::between(&before, &CpuSnapshot::take(server));
             let mut tally = Tally::default();
             for w in workers {
                 tally.merge(&w.await?);
@@ -197,7 +221,7 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
             (tally, cpu, 0)
         }
         Mode::Open { rate_per_s, .. } => {
-            open_loop(&conns, config, rate_per_s, &shared, &pids).await
+            open_loop(&conns, config, rate_per_s, &shared, server).await
         }
     };
     ticker.abort();
@@ -206,7 +230,10 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
     Ok(Measured {
         tally,
         window: cpu.window,
-        server_cpu_us: cpu.server_us,
+        server_cpu_us: cpu.server_us.iter().sum(),
+        server_cpu_us_by_process: cpu.server_us,
+        disk_flushes: cpu.flushes,
+        raft: cpu.raft,
         client_cpu_us: cpu.client_us,
         other_cpu_us: cpu.other_us,
         conflicts: conns.iter().map(Conn::conflicts).sum(),
@@ -313,7 +340,7 @@ async fn open_loop(
     config: &LoadConfig,
     rate_per_s: f64,
     shared: &Arc<Shared>,
-    pids: &[u32],
+    server: &Server,
 ) -> (Tally, CpuUse, u64) {
     let interval = Duration::from_secs_f64(1.0 / rate_per_s.max(0.001));
     let start = Instant::now();
@@ -333,7 +360,7 @@ async fn open_loop(
             tokio::time::sleep_until(due.into()).await;
         }
         if before.is_none() && due >= measure_at {
-            before = Some(CpuSnapshot::take(pids));
+            before = Some(CpuSnapshot::take(server));
             shared.phase.store(MEASURE, Ordering::Release);
         }
         let slot = Arc::clone(&slots)
@@ -355,8 +382,8 @@ async fn open_loop(
         });
         n += 1;
     }
-    let after = CpuSnapshot::take(pids);
-    let cpu = CpuUse::between(before.unwrap_or(after), after);
+    let after = CpuSnapshot::take(server);
+    let cpu = CpuUse::between(before.as_ref().unwrap_or(&after), &after);
     // Cycles due in the window still count when they finish late; only
     // then does measuring stop.
     let drained =

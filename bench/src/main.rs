@@ -350,6 +350,24 @@ pub(crate) fn print_run(r: &RunResult) {
         "  server CPU {:.0} µs/op, load generator CPU {:.0} µs/op",
         r.server_cpu_us_per_op, r.client_cpu_us_per_op
     );
+    if !r.server_cpu_us_per_op_by_process.is_empty() {
+        let by: Vec<String> = r
+            .server_cpu_us_per_op_by_process
+            .iter()
+            .map(|us| format!("{us:.0}"))
+            .collect();
+        println!("  server CPU by process {} µs/op", by.join(" + "));
+    }
+    if let Some(f) = r.disk_flushes_per_s {
+        println!("  disk flushes {f:.0}/s");
+    }
+    if let (Some(wal), Some(entries), Some(commands)) =
+        (r.wal_fsyncs_per_s, r.entries_per_op, r.commands_per_entry)
+    {
+        println!(
+            "  WAL syncs {wal:.0}/s, Raft entries {entries:.2} per op, {commands:.1} commands per entry"
+        );
+    }
     if let Some(e) = &r.first_error {
         println!("  first error: {e}");
     }

@@ -231,6 +231,47 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The body of `GET path` on `addr`, or None if it cannot be had.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    ok.then(|| body.to_string())
+}
+
+/// Cache flushes the block device under `path` has completed so far: one
+/// per fsync or fdatasync that reached the disk, whoever issued it. None
+/// when `path` is not on a block device with a write-back cache (only those
+/// are sent flushes) whose statistics count them.
+pub fn disk_flushes(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let mut sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    // The kernel counts flushes on the whole disk, not its partitions.
+    if sys.join("partition").exists() {
+        sys = sys.parent()?.to_path_buf();
+    }
+    let cache = std::fs::read_to_string(sys.join("queue/write_cache")).ok()?;
+    if cache.trim() != "write back" {
+        return None;
+    }
+    flushes_from_stat(&std::fs::read_to_string(sys.join("stat")).ok()?)
+}
+
+/// Field 16 of a block device's stat file (Linux 5.5 and later): flush
+/// requests completed.
+fn flushes_from_stat(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(15)?.parse().ok()
+}
+
 /// Polls until every address answers `GET path` with 200, failing on a
 /// process that exited or at `timeout`.
 pub fn wait_http_ok(
@@ -267,6 +308,30 @@ mod tests {
         assert!(self_cpu_us() > 0);
         assert!(machine_busy_us() >= self_cpu_us());
         assert!(rss_bytes(std::process::id()) > 0);
+    }
+
+    #[test]
+    fn a_flush_count_is_field_sixteen_of_a_disk_stat() {
+        let stat = "40521 6660 3013354 12177 12187 26524 3807992 17386 0 7296 29979 2693 0 470952 350 1408 64\n";
+        assert_eq!(flushes_from_stat(stat), Some(1408));
+        // Kernels before 5.5 print eleven fields: no flush count.
+        assert_eq!(flushes_from_stat("1 2 3 4 5 6 7 8 9 10 11"), None);
+    }
+
+    #[test]
+    fn an_fdatasync_reaches_the_disk_as_a_flush_when_it_can_be_seen() {
+        let scratch = Scratch::new("flush").unwrap();
+        let Some(before) = disk_flushes(scratch.path()) else {
+            // tmpfs, overlay, a write-through disk or an old kernel.
+            return;
+        };
+        let file = File::create(scratch.path().join("f")).unwrap();
+        for _ in 0..5 {
+            (&file).write_all(&[1; 512]).unwrap();
+            file.sync_data().unwrap();
+        }
+        let after = disk_flushes(scratch.path()).unwrap();
+        assert!(after >= before + 5, "{before} -> {after}");
     }
 
     #[test]

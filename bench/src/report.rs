@@ -147,6 +147,7 @@ pub fn markdown(input: &ReportInput) -> String {
     }
     matrix_tables(&mut md, r);
     ratio_table(&mut md, r);
+    budget_table(&mut md, r);
     open_table(&mut md, r);
     clients_table(&mut md, r);
     partitions_table(&mut md, r);
@@ -291,6 +292,68 @@ fn ratio_table(md: &mut String, r: &Results) {
     let _ = writeln!(md);
 }
 
+/// `x` with `digits` decimals, or a dash.
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// Where each target's time went in the median rounds: CPU by process,
+/// how busy the machine was, the disk's flushes, and Leasehold's batching.
+fn budget_table(md: &mut String, r: &Results) {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let _ = writeln!(
+        md,
+        "## Where the time goes (the median rounds above)\n\n\
+         *Server CPU by process*: µs per cycle of each server process (Leasehold and etcd: \
+         node 1, 2, 3). *Cores busy*: the servers, the load generator and everything else, \
+         over the window, out of the {cores} this machine has. *Disk flushes*: cache flushes \
+         the disk under the servers' data completed (/sys/block/DEV/stat), one per fsync or \
+         fdatasync of any process. *Entries per cycle* and *commands per entry*: Raft \
+         entries Leasehold's leaders proposed (client batches and scavenger expiries) and the \
+         commands each carried, from the nodes' /metrics.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | target | cycles/s | server CPU µs per cycle by process | cores busy: servers + load generator + other | disk flushes/s | flushes per cycle | Raft entries per cycle | commands per entry |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for workload in WORKLOADS {
+        for target in TARGETS {
+            let Some(run) = median(r, target, workload) else {
+                continue;
+            };
+            let by_process: Vec<String> = run
+                .server_cpu_us_per_op_by_process
+                .iter()
+                .map(|us| format!("{us:.0}"))
+                .collect();
+            let busy = |us_per_op: f64| us_per_op * run.throughput_per_s / 1e6;
+            let servers = busy(run.server_cpu_us_per_op);
+            let generator = busy(run.client_cpu_us_per_op);
+            let other_cores = run.other_cpu_cores.unwrap_or(0.0);
+            let flushes_per_op = run
+                .disk_flushes_per_s
+                .filter(|_| run.throughput_per_s > 0.0)
+                .map(|f| f / run.throughput_per_s);
+            let _ = writeln!(
+                md,
+                "| {workload} | {target} | {} | {} | {:.2} = {servers:.2} + {generator:.2} + {other_cores:.2} | {} | {} | {} | {} |",
+                rate(run.throughput_per_s),
+                if by_process.is_empty() { "–".into() } else { by_process.join(" + ") },
+                servers + generator + other_cores,
+                run.disk_flushes_per_s.map_or("–".into(), rate),
+                opt(flushes_per_op, 2),
+                opt(run.entries_per_op, 2),
+                opt(run.commands_per_entry, 1),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
 fn open_table(md: &mut String, r: &Results) {
     let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.group == "open").collect();
     if runs.is_empty() {
@@ -373,17 +436,19 @@ fn partitions_table(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "| partitions | cycles/s | acquire ms p50 / p99 / p99.9 | server CPU µs per cycle | other processes, cores |"
+        "| partitions | cycles/s | acquire ms p50 / p99 / p99.9 | server CPU µs per cycle | Raft entries per cycle | commands per entry | other processes, cores |"
     );
-    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for run in runs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} |",
             run.partitions.unwrap_or(0),
             rate(run.throughput_per_s),
             latencies(Some(&run.acquire)),
             run.server_cpu_us_per_op,
+            opt(run.entries_per_op, 2),
+            opt(run.commands_per_entry, 1),
             other(run)
         );
     }

@@ -39,8 +39,24 @@ pub struct RunResult {
     pub release: Option<Summary>,
     /// CPU time (user + system) of every server process, per cycle.
     pub server_cpu_us_per_op: f64,
+    /// The same, per server process (Leasehold and etcd: node 1, 2, 3).
+    #[serde(default)]
+    pub server_cpu_us_per_op_by_process: Vec<f64>,
     /// CPU time of the load generator itself, per cycle.
     pub client_cpu_us_per_op: f64,
+    /// Cache flushes the disk completed per second (one per fsync or
+    /// fdatasync of any process), where the disk counts them.
+    #[serde(default)]
+    pub disk_flushes_per_s: Option<f64>,
+    /// Leasehold: WAL syncs of all three nodes per second.
+    #[serde(default)]
+    pub wal_fsyncs_per_s: Option<f64>,
+    /// Leasehold: Raft entries proposed per cycle, over every partition.
+    #[serde(default)]
+    pub entries_per_op: Option<f64>,
+    /// Leasehold: commands per proposed entry.
+    #[serde(default)]
+    pub commands_per_entry: Option<f64>,
     /// Cores' worth of CPU that every other process on the machine used
     /// over the window: neither the servers nor the load generator.
     #[serde(default)]
@@ -95,7 +111,25 @@ impl RunResult {
             acquire: m.tally.acquire.summary(),
             release: (m.tally.release.count() > 0).then(|| m.tally.release.summary()),
             server_cpu_us_per_op: per_op(m.server_cpu_us),
+            server_cpu_us_per_op_by_process: m
+                .server_cpu_us_by_process
+                .iter()
+                .map(|&us| per_op(us))
+                .collect(),
             client_cpu_us_per_op: per_op(m.client_cpu_us),
+            disk_flushes_per_s: m
+                .disk_flushes
+                .filter(|_| seconds > 0.0)
+                .map(|f| f as f64 / seconds),
+            wal_fsyncs_per_s: m
+                .raft
+                .filter(|_| seconds > 0.0)
+                .map(|r| r.wal_fsyncs / seconds),
+            entries_per_op: m.raft.filter(|_| ops > 0).map(|r| r.entries / ops as f64),
+            commands_per_entry: m
+                .raft
+                .filter(|r| r.entries > 0.0)
+                .map(|r| r.commands / r.entries),
             other_cpu_cores: (seconds > 0.0).then(|| m.other_cpu_us as f64 / 1e6 / seconds),
             first_error: m.first_error.clone(),
             round: None,

@@ -26,6 +26,43 @@ pub struct Node {
     proc: Option<Proc>,
 }
 
+/// Counters of a cluster's nodes, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RaftCounters {
+    /// WAL syncs by the nodes' group-commit threads.
+    pub wal_fsyncs: f64,
+    /// Entries proposed by leaders (client batches and scavenger expiries).
+    pub entries: f64,
+    /// Commands those entries carried.
+    pub commands: f64,
+}
+
+impl RaftCounters {
+    pub fn since(self, before: RaftCounters) -> RaftCounters {
+        RaftCounters {
+            wal_fsyncs: self.wal_fsyncs - before.wal_fsyncs,
+            entries: self.entries - before.entries,
+            commands: self.commands - before.commands,
+        }
+    }
+}
+
+/// The sum of every sample of `name` (all label sets) in a Prometheus text
+/// exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.chars().next()? {
+                ' ' => rest,
+                '{' => &rest[rest.find('}')? + 1..],
+                _ => return None,
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// A local cluster: one `serve` process per node, data and logs in a
 /// scratch directory.
 pub struct Cluster {
@@ -139,6 +176,19 @@ impl Cluster {
         self.nodes.iter().map(|n| n.grpc.to_string()).collect()
     }
 
+    /// What the nodes' /metrics count so far, summed over the nodes; None
+    /// if a node does not answer.
+    pub fn raft_counters(&self) -> Option<RaftCounters> {
+        let mut sum = RaftCounters::default();
+        for node in self.nodes.iter().filter(|n| n.proc.is_some()) {
+            let text = procs::http_get(node.http, "/metrics")?;
+            sum.wal_fsyncs += metric(&text, "leasehold_wal_fsyncs");
+            sum.entries += metric(&text, "leasehold_batch_commands_count");
+            sum.commands += metric(&text, "leasehold_batch_commands_sum");
+        }
+        Some(sum)
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.nodes
             .iter()
@@ -228,5 +278,22 @@ impl Conn {
             })
             .await?;
         Ok(reply.was_held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_sums_its_label_sets_and_no_longer_name() {
+        let text = "# TYPE leasehold_wal_fsyncs gauge\n\
+                    leasehold_wal_fsyncs 12\n\
+                    leasehold_wal_fsyncs_total 99\n\
+                    leasehold_batch_commands_sum{group=\"1\"} 30\n\
+                    leasehold_batch_commands_sum{group=\"2\"} 12.5\n";
+        assert_eq!(metric(text, "leasehold_wal_fsyncs"), 12.0);
+        assert_eq!(metric(text, "leasehold_batch_commands_sum"), 42.5);
+        assert_eq!(metric(text, "leasehold_batch_commands_count"), 0.0);
     }
 }

@@ -116,6 +116,14 @@ impl Server {
         }
     }
 
+    /// Leasehold: its nodes' counters so far.
+    pub fn raft_counters(&self) -> Option<leasehold::RaftCounters> {
+        match self {
+            Server::Leasehold(c, _) => c.raft_counters(),
+            Server::Redis(_) | Server::Etcd(_) => None,
+        }
+    }
+
     pub fn stop(&mut self) {
         match self {
             Server::Leasehold(c, _) => c.stop(),
