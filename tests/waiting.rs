@@ -126,6 +126,63 @@ async fn parked_acquires_are_granted_in_arrival_order() {
     until_parked(&client, scope, "one", 0).await;
 }
 
+/// Waiters pass the turn once their acquire is proposed, so when four
+/// units free at once, four waiters go to Raft together: still exactly the
+/// first four to arrive, and applied in arrival order (lease ids are
+/// handed out in apply order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_units_go_to_the_first_waiters_in_arrival_order() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let client = cluster.rust_client(CALL_TIMEOUT).await;
+    let scope = "acct-fifo-many";
+    let four = || {
+        Acquire::new(scope)
+            .concurrency("four", 4)
+            .ttl(Duration::from_secs(60))
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(granted(client.acquire(four()).await, "a first acquire"));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..12u32 {
+        spawn_waiter(&client, four().wait(Duration::from_secs(15)), i, &tx);
+        until_parked(&client, scope, "four", i + 1).await;
+    }
+    for round in 0..3u32 {
+        let releases: Vec<_> = held
+            .drain(..)
+            .map(|lease| {
+                tokio::spawn(async move {
+                    lease.release().await.expect("a holder releases");
+                })
+            })
+            .collect();
+        for release in releases {
+            release.await.expect("a release task");
+        }
+        let mut grants = Vec::new();
+        for _ in 0..4 {
+            grants.push(next_grant(&mut rx).await);
+        }
+        grants.sort_by_key(|(i, _)| *i);
+        let order: Vec<u32> = grants.iter().map(|(i, _)| *i).collect();
+        let first = 4 * round;
+        assert_eq!(
+            order,
+            (first..first + 4).collect::<Vec<_>>(),
+            "expected round {round} to grant the next four waiters to arrive"
+        );
+        let ids: Vec<u64> = grants.iter().map(|(_, l)| l.lease_id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "expected leases applied in arrival order, got ids {ids:?} for waiters {order:?}"
+        );
+        held = grants.into_iter().map(|(_, lease)| lease).collect();
+    }
+    until_parked(&client, scope, "four", 0).await;
+}
+
 /// A throttle of 5 per second without burst admits one unit every 200 ms:
 /// five waiters behind an admitted acquire are granted at exactly those
 /// instants (server time), not sooner and not much later.

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::clock;
 use super::group::ProposeError;
 use super::node::Node;
-use super::turns::{Place, Turns};
+use super::turns::{Place, Turn, Turns};
 use crate::convert::{error_status, CheckArgs, InspectArgs};
 use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore, Outcome};
 use crate::limits::{
@@ -207,8 +207,8 @@ impl Api {
                  without wait_ms"
             )));
         };
-        // What a parked acquire keeps: its request, the retry's copy and
-        // the bookkeeping around them.
+        // What a parked acquire keeps: its request, the command proposed
+        // and the bookkeeping around them.
         let bytes = 2 * message.encoded_len() + WAITER_OVERHEAD_BYTES;
         let Ok(_bytes) = Arc::clone(&self.waiter_bytes).try_acquire_many_owned(bytes as u32) else {
             return Err(Status::resource_exhausted(format!(
@@ -219,19 +219,13 @@ impl Api {
         metrics::gauge!("leasehold_waiters")
             .set((WAITERS_MAX - self.waiters.available_permits()) as f64);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut once = message;
-        once.wait_ms = None;
-        let fairness = std::mem::take(&mut once.fairness_key);
-        let name = Self::queue_name(&once);
+        let name = Self::queue_name(&message);
+        let fairness = message.fairness_key;
         let result = async {
-            // Dropped when this call ends, passing the turn on.
-            let turn = match self.turns.join(&name, &fairness) {
-                Place::Now(turn) => Ok(turn),
-                Place::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(turn)) => Ok(turn),
-                    _ => Err(()),
-                },
-            };
+            // Held while this waiter decides; passed on once its proposal
+            // is queued (or when the call ends).
+            let (ticket, place) = self.turns.join(&name, &fairness);
+            let mut turn = wait_turn(place, deadline).await;
             loop {
                 if !group.is_leader() {
                     let leader = group.leader().0;
@@ -243,14 +237,16 @@ impl Api {
                 changed.as_mut().enable();
                 let now = tokio::time::Instant::now();
                 // An attempt is proposed only once the leader's applied
-                // state admits it: a denied proposal costs a Raft round for
-                // nothing. Capacity frees only as commands apply (which
-                // wakes `changed`) or as time passes (the check's
-                // retry_after). An attempt whose key already succeeded goes
-                // at once, to replay that grant; so does the last one, for
-                // the denial's details.
-                if turn.is_ok() && now < deadline {
-                    if let Some(retry_after) = denied_here(&group, &acquire) {
+                // state admits it on top of what earlier waiters proposed
+                // and have not heard back on: a denied proposal costs a
+                // Raft round for nothing. Capacity frees only as commands
+                // apply or proposals are answered (either wakes `changed`)
+                // or as time passes (the check's retry_after). An attempt
+                // whose key already succeeded goes at once, to replay that
+                // grant; so does the last one, for the denial's details.
+                if turn.is_some() && now < deadline {
+                    let reserved = self.turns.reserved(&name);
+                    if let Some(retry_after) = denied_here(&group, &acquire, reserved) {
                         let until = retry_after.map_or(deadline, |ms| {
                             deadline.min(now + Duration::from_millis(ms.max(1)))
                         });
@@ -261,28 +257,69 @@ impl Api {
                         continue;
                     }
                 }
-                let reply = self.acquire_once(Request::new(once.clone())).await?;
-                let retry_after = match &reply.get_ref().result {
-                    Some(v1::acquire_response::Result::Denied(d)) => d.retry_after_ms,
-                    _ => return Ok(reply),
-                };
-                let now = tokio::time::Instant::now();
-                if turn.is_err() || now >= deadline {
-                    return Ok(reply);
+                let had_turn = turn.is_some();
+                let reply = self
+                    .propose_waiting(&group, epoch, &name, &acquire, turn.take())
+                    .await?;
+                let denied = matches!(reply.result, Some(v1::acquire_response::Result::Denied(_)));
+                if !denied || !had_turn || tokio::time::Instant::now() >= deadline {
+                    return Ok(Response::new(reply));
                 }
-                let until = retry_after.map_or(deadline, |ms| {
-                    deadline.min(now + Duration::from_millis(ms.max(1)))
-                });
-                tokio::select! {
-                    () = &mut changed => {}
-                    () = tokio::time::sleep_until(until) => {}
-                }
+                // Capacity went to an acquire that does not wait between
+                // the check and the apply: back to the head of the queue.
+                turn = wait_turn(self.turns.rejoin(&name, &fairness, ticket), deadline).await;
             }
         }
         .await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        metrics::counter!("leasehold_requests_total", "rpc" => v1::AcquireRequest::NAME, "code" => format!("{code:?}"))
+            .increment(1);
         metrics::gauge!("leasehold_waiters")
             .set((WAITERS_MAX - self.waiters.available_permits() - 1) as f64);
         result
+    }
+
+    /// Proposes a waiter's acquire on this leader and passes `turn` on as
+    /// soon as the proposal is queued: the next waiter's proposal goes
+    /// after it, in the same entry or a later one. Its amount counts as
+    /// reserved in queue `name` until it is answered.
+    async fn propose_waiting(
+        &self,
+        group: &super::group::Group,
+        epoch: u64,
+        name: &str,
+        acquire: &engine::AcquireRequest,
+        turn: Option<Turn>,
+    ) -> Result<v1::AcquireResponse, Status> {
+        let _reserved =
+            self.turns
+                .reserve(name, acquire.amount, Arc::clone(&group.capacity_changed));
+        let queued = group.enqueue(Command::Acquire(acquire.clone())).await;
+        drop(turn);
+        let applied = match queued {
+            Ok(answer) => timeout(ROUTE_TIMEOUT, answer).await?,
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(Ok(applied)) => {
+                count_outcome(&applied);
+                let mut reply = v1::AcquireResponse::try_from(applied)?;
+                reply.served_by = Some(ServedBy {
+                    partition_id: group.id,
+                    leader_node_id: self.node.id,
+                    epoch,
+                });
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            // The acquire may have applied: the client's retry through the
+            // new leader replays it by its idempotency key.
+            Err(ProposeError::NotLeader(leader)) => {
+                let hint = leader.and_then(|l| group.member_addr(l).map(|a| (l, a)));
+                Err(not_leader(group.id, hint, epoch))
+            }
+            Err(ProposeError::Stopped(why)) => Err(Status::unavailable(why)),
+        }
     }
 
     /// A mutating call whose request converts to its command as is and
@@ -483,13 +520,17 @@ impl Api {
 }
 
 /// `Some(retry_after_ms)` when the leader's applied state would deny
-/// `acquire` now; `None` when it would grant it, when its key already
-/// succeeded (a proposal replays that), or when it cannot tell.
+/// `acquire` now, on top of `reserved` units that earlier waiters of its
+/// queue proposed and have not heard back on; `None` when it would grant
+/// it, when its key already succeeded (a proposal replays that), or when
+/// it cannot tell.
 fn denied_here(
     group: &super::group::Group,
     acquire: &engine::AcquireRequest,
+    reserved: u64,
 ) -> Option<Option<u64>> {
     let now = clock::now_ms();
+    let reserved = u32::try_from(reserved).unwrap_or(u32::MAX);
     group.engine.read(|e| {
         if e.remembers(&acquire.scope, &acquire.idempotency_key) {
             return None;
@@ -497,15 +538,27 @@ fn denied_here(
         let checked = e.check(
             &acquire.scope,
             &acquire.constraints,
-            acquire.amount,
-            acquire.min_amount,
+            acquire.amount.saturating_add(reserved),
+            acquire.min_amount.map(|m| m.saturating_add(reserved)),
             now,
         );
         match checked {
             Ok(c) if c.grantable_amount == 0 => Some(c.retry_after_ms),
+            // The reserved units and these cannot even be asked for
+            // together (past a limit): wait until some are answered.
+            Err(_) if reserved > 0 => Some(None),
             _ => None,
         }
     })
+}
+
+/// The turn from `place`, waiting for it until `deadline`; None if it
+/// did not come in time.
+async fn wait_turn(place: Place, deadline: tokio::time::Instant) -> Option<Turn> {
+    match place {
+        Place::Now(turn) => Some(turn),
+        Place::Queued(rx) => tokio::time::timeout_at(deadline, rx).await.ok()?.ok(),
+    }
 }
 
 enum Target {

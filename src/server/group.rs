@@ -143,13 +143,25 @@ impl Group {
 
     /// Applies `command` through Raft if this node leads the group.
     pub async fn propose(&self, command: Command) -> Applies {
+        self.enqueue(command).await?.await
+    }
+
+    /// Queues `command` for the next entry; the proposal's answer is the
+    /// returned future. Commands queued one after another apply in that
+    /// order.
+    pub async fn enqueue(
+        &self,
+        command: Command,
+    ) -> Result<impl std::future::Future<Output = Applies>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.proposals
             .send(Proposal { command, reply })
             .await
             .map_err(|_| ProposeError::Stopped("the group is shutting down".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(ProposeError::Stopped("the proposal was dropped".into())))
+        Ok(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped("the proposal was dropped".into())))
+        })
     }
 
     pub fn metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
