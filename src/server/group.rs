@@ -19,8 +19,11 @@ use crate::raft::{
 };
 
 /// Batches proposed but not yet answered, per partition. While all are in
-/// flight, commands queue and the next entry carries all of them.
-const MAX_IN_FLIGHT_BATCHES: usize = 2;
+/// flight, commands queue and the next entry carries all of them. One
+/// makes entries largest: against two, the hot key does 6–9% more cycles
+/// per second on 18% less CPU per cycle, and spread over 16 partitions
+/// 7–10% more, at about 10% more latency when the load is light.
+const MAX_IN_FLIGHT_BATCHES: usize = 1;
 
 /// Queued client commands per partition before callers wait to enqueue.
 const PROPOSAL_QUEUE: usize = 65_536;
