@@ -218,26 +218,28 @@ pub fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-/// The HTTP status code of `GET path` on `addr`, or None if it cannot be had.
-pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let timeout = Duration::from_millis(500);
+/// A connection to `addr` that has sent `GET path` (HTTP/1.0: the server
+/// closes it after the response), every step bounded by `timeout`.
+fn send_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    Some(stream)
+}
+
+/// The HTTP status code of `GET path` on `addr`, or None if it cannot be had.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = send_get(addr, path, Duration::from_millis(500))?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).ok()?;
     let line = std::str::from_utf8(&head[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The body of `GET path` on `addr`, or None if it cannot be had.
+/// The body of `GET path` on `addr` if it answers 200, else None.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut stream = send_get(addr, path, Duration::from_secs(2))?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
