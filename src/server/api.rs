@@ -228,8 +228,7 @@ impl Api {
             let mut turn = wait_turn(place, deadline).await;
             loop {
                 if !group.is_leader() {
-                    let leader = group.leader().0;
-                    let hint = leader.and_then(|l| group.member_addr(l).map(|a| (l, a)));
+                    let hint = group.leader_hint(group.leader().0);
                     return Err(not_leader(group.id, hint, epoch));
                 }
                 let changed = group.capacity_changed.notified();
@@ -302,8 +301,7 @@ impl Api {
         };
         match applied {
             Ok(Ok(applied)) => {
-                count_outcome(&applied);
-                let mut reply = v1::AcquireResponse::try_from(applied)?;
+                let mut reply = acquire_reply(applied)?;
                 reply.served_by = Some(ServedBy {
                     partition_id: group.id,
                     leader_node_id: self.node.id,
@@ -315,8 +313,7 @@ impl Api {
             // The acquire may have applied: the client's retry through the
             // new leader replays it by its idempotency key.
             Err(ProposeError::NotLeader(leader)) => {
-                let hint = leader.and_then(|l| group.member_addr(l).map(|a| (l, a)));
-                Err(not_leader(group.id, hint, epoch))
+                Err(not_leader(group.id, group.leader_hint(leader), epoch))
             }
             Err(ProposeError::Stopped(why)) => Err(Status::unavailable(why)),
         }
@@ -347,10 +344,7 @@ impl Api {
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         self.serve(request, |r| {
             let cmd = Command::Acquire(r.clone().try_into()?);
-            Self::write::<v1::AcquireRequest>(cmd, |a| {
-                count_outcome(&a);
-                a.try_into()
-            })
+            Self::write::<v1::AcquireRequest>(cmd, acquire_reply)
         })
         .await
     }
@@ -667,6 +661,12 @@ fn not_leader(partition: GroupId, leader: Option<(NodeId, String)>, epoch: u64) 
     error_status(Code::Unavailable, message, &detail)
 }
 
+/// An applied acquire as its reply, counted in the grant and denial metrics.
+fn acquire_reply(applied: Applied) -> Result<v1::AcquireResponse, Status> {
+    count_outcome(&applied);
+    applied.try_into()
+}
+
 fn count_outcome(applied: &Applied) {
     if applied.replayed {
         return;
@@ -789,11 +789,7 @@ impl Leasehold for Api {
                 // Malformed input fails before it waits.
                 let acquire: engine::AcquireRequest =
                     message.clone().try_into().map_err(Status::from)?;
-                let cmd = Command::Acquire(acquire);
-                engine::validate::command(&cmd).map_err(Status::from)?;
-                let Command::Acquire(acquire) = cmd else {
-                    unreachable!("built as an acquire above")
-                };
+                engine::validate::acquire(&acquire).map_err(Status::from)?;
                 let wait = Duration::from_millis(wait_ms);
                 return self
                     .wait_here(group, map.epoch, message, acquire, wait)

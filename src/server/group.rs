@@ -192,6 +192,11 @@ impl Group {
         addr
     }
 
+    /// `leader` with its address, for a NOT_LEADER reply's hint.
+    pub fn leader_hint(&self, leader: Option<NodeId>) -> Option<(NodeId, String)> {
+        leader.and_then(|l| self.member_addr(l).map(|addr| (l, addr)))
+    }
+
     /// The group's voters.
     pub fn voters(&self) -> BTreeSet<NodeId> {
         let m = self.raft.metrics();
