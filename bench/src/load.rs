@@ -126,12 +126,15 @@ struct CpuSnapshot {
 
 impl CpuSnapshot {
     fn take(server: &Server) -> CpuSnapshot {
+        // The scrape over HTTP comes first, so the clock and the CPU times
+        // are read together, right after it.
+        let raft = server.raft_counters();
         CpuSnapshot {
             server_us: server.pids().iter().map(|&p| procs::cpu_us(p)).collect(),
             client_us: procs::self_cpu_us(),
             machine_us: procs::machine_busy_us(),
             flushes: procs::disk_flushes(&std::env::temp_dir()),
-            raft: server.raft_counters(),
+            raft,
             at: Instant::now(),
         }
     }

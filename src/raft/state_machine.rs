@@ -7,8 +7,9 @@
 //! one write) as a checkpoint, and every snapshot is written too. On open,
 //! the newer of the two is loaded and reported by `applied_state()`, and
 //! openraft re-applies the committed log after it — so a restart replays
-//! at most one interval of entries, never the whole log. Openraft purges the log only up to its latest snapshot, which is on
-//! disk before the purge, so the entries after whatever is loaded are there.
+//! at most one interval of entries, never the whole log. Openraft purges
+//! the log only up to its latest snapshot, which is on disk before the
+//! purge, so the entries after whatever is loaded are there.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
