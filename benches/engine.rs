@@ -54,7 +54,13 @@ struct Driver {
 impl Driver {
     fn new(dedup_window_ms: u64) -> Self {
         Driver {
-            engine: Engine::new(MemStore::new(), EngineConfig { dedup_window_ms }),
+            engine: Engine::new(
+                MemStore::new(),
+                EngineConfig {
+                    dedup_window_ms,
+                    ..EngineConfig::default()
+                },
+            ),
             cycle: 0,
             prepared: Cell::new(0),
         }

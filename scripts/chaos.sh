@@ -39,10 +39,12 @@ cargo build --release --locked -p leasehold -p leasehold-jepsen --bins
 jepsen="$CARGO_TARGET_DIR/release/leasehold-jepsen"
 
 # name, then flags. Clock faults get a run of their own: they widen every
-# checker's time bounds, which would blunt the others.
+# checker's time bounds, which would blunt the others. Runs get one data
+# group per node, as `serve` does by default, except `linear`: six groups
+# on three nodes, so that faults also hit nodes leading several groups.
 runs=(
     "leases --workload leases --nemesis partition,kill,pause,loss --time-limit 60 --seed 1"
-    "linear --workload linear --nemesis partition,kill,pause --time-limit 40 --seed 2"
+    "linear --workload linear --nemesis partition,kill,pause --time-limit 40 --seed 2 --groups 6"
     "throttle --workload throttle --nemesis partition,pause,loss --time-limit 30 --seed 3"
     "rate-limit --workload rate-limit --nemesis partition,kill,pause,loss --time-limit 30 --seed 5"
     "fenced --workload fenced --nemesis partition,kill,pause,loss --time-limit 30 --seed 6"

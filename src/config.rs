@@ -12,7 +12,8 @@
 //! http_addr = "0.0.0.0:7080"
 //! data_dir = "/var/lib/leasehold"
 //! members = ["1=10.0.0.1:7070", "2=10.0.0.2:7070", "3=10.0.0.3:7070"]
-//! partitions = 16
+//! slots = 1024
+//! groups = 3
 //! ```
 //!
 //! When `advertise_addr` is not given it is this node's address in
@@ -29,7 +30,9 @@ use crate::limits::DEDUP_WINDOW_MS_MAX;
 pub use crate::raft::NodeId;
 
 /// Bounds [`Config::validate`] enforces, inclusive.
-pub const PARTITIONS_RANGE: RangeInclusive<u32> = 1..=1024;
+pub const SLOTS_RANGE: RangeInclusive<u32> = 1..=crate::slot::SLOT_COUNT_MAX;
+/// 0 stands for one data group per member.
+pub const GROUPS_RANGE: RangeInclusive<u32> = 0..=1024;
 pub const REPLICATION_FACTOR_RANGE: RangeInclusive<u32> = 1..=7;
 pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 pub const HEARTBEAT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
@@ -66,9 +69,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The initial cluster, sorted by node id, this node among them.
     pub members: Vec<Member>,
-    /// Number of partitions the scope hash maps onto.
-    pub partitions: u32,
-    /// Replicas per partition wanted; see
+    /// Hash slots the scope hash maps onto; fixed when the cluster is
+    /// created.
+    pub slots: u32,
+    /// Data groups the slots are spread over when the cluster is created;
+    /// 0 = one per member. See [`Config::effective_groups`].
+    pub groups: u32,
+    /// Replicas per group wanted; see
     /// [`Config::effective_replication_factor`].
     pub replication_factor: u32,
     /// Least election timeout; the greatest is twice this.
@@ -101,7 +108,8 @@ impl Default for Config {
                 node_id,
                 addr: grpc_addr.to_string(),
             }],
-            partitions: 16,
+            slots: crate::slot::SLOT_COUNT_DEFAULT,
+            groups: 0,
             replication_factor: 3,
             election_timeout_ms: 300,
             heartbeat_interval_ms: 100,
@@ -154,7 +162,16 @@ impl Config {
         Config::layer(args, file)
     }
 
-    /// Replicas each partition actually gets: no more than there are nodes.
+    /// Data groups a new cluster gets: `groups`, or one per member (each
+    /// the preferred leader of one) when it is 0.
+    pub fn effective_groups(&self) -> u32 {
+        match self.groups {
+            0 => u32::try_from(self.members.len()).unwrap_or(u32::MAX),
+            n => n,
+        }
+    }
+
+    /// Replicas each group actually gets: no more than there are nodes.
     pub fn effective_replication_factor(&self) -> u32 {
         let members = u32::try_from(self.members.len()).unwrap_or(u32::MAX);
         self.replication_factor.min(members)
@@ -218,7 +235,18 @@ impl Config {
     }
 
     fn validate_numbers(&self) -> Result<(), ConfigError> {
-        check("partitions", self.partitions, PARTITIONS_RANGE)?;
+        check("slots", self.slots, SLOTS_RANGE)?;
+        check("groups", self.groups, GROUPS_RANGE)?;
+        if self.effective_groups() > self.slots {
+            return Err(ConfigError::invalid(
+                "groups",
+                format!(
+                    "must be at most slots = {}: every group owns a slot, got {}",
+                    self.slots,
+                    self.effective_groups()
+                ),
+            ));
+        }
         check(
             "replication_factor",
             self.replication_factor,
@@ -305,7 +333,8 @@ impl Config {
             http_addr: pick!(http_addr),
             data_dir: pick!(data_dir),
             members,
-            partitions: pick!(partitions),
+            slots: pick!(slots),
+            groups: pick!(groups),
             replication_factor: pick!(replication_factor),
             election_timeout_ms: pick!(election_timeout_ms),
             heartbeat_interval_ms: pick!(heartbeat_interval_ms),
@@ -346,10 +375,13 @@ pub struct ServeArgs {
     /// Initial cluster, e.g. 1=10.0.0.1:7070,2=10.0.0.2:7070 [default: this node alone]
     #[arg(long, env = "LEASEHOLD_MEMBERS", value_name = "ID=HOST:PORT,...")]
     pub members: Option<String>,
-    /// Number of partitions, 1..=1024 [default: 16]
-    #[arg(long, env = "LEASEHOLD_PARTITIONS", value_name = "N")]
-    pub partitions: Option<u32>,
-    /// Replicas per partition, 1..=7, capped by the member count [default: 3]
+    /// Hash slots, 1..=65536, fixed when the cluster is created [default: 1024]
+    #[arg(long, env = "LEASEHOLD_SLOTS", value_name = "N")]
+    pub slots: Option<u32>,
+    /// Data groups (Raft groups) the slots are spread over at creation, 0..=1024 and <= slots; 0 = one per member [default: 0]
+    #[arg(long, env = "LEASEHOLD_GROUPS", value_name = "N")]
+    pub groups: Option<u32>,
+    /// Replicas per group, 1..=7, capped by the member count [default: 3]
     #[arg(long, env = "LEASEHOLD_REPLICATION_FACTOR", value_name = "N")]
     pub replication_factor: Option<u32>,
     /// Least Raft election timeout (the greatest is 2x), 50..=60000 and >= 3 heartbeats [default: 300]
@@ -385,7 +417,8 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     members: Option<Vec<String>>,
-    partitions: Option<u32>,
+    slots: Option<u32>,
+    groups: Option<u32>,
     replication_factor: Option<u32>,
     election_timeout_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
@@ -538,8 +571,9 @@ mod tests {
     #[test]
     fn each_bound_is_rejected_naming_its_field() {
         type Set = fn(&mut Config, u64);
-        let cases: [(&str, u64, u64, Set); 8] = [
-            ("partitions", 0, 1025, |c, v| c.partitions = v as u32),
+        let cases: [(&str, u64, u64, Set); 9] = [
+            ("slots", 0, 65_537, |c, v| c.slots = v as u32),
+            ("groups", 1025, 1025, |c, v| c.groups = v as u32),
             ("replication_factor", 0, 8, |c, v| {
                 c.replication_factor = v as u32
             }),
@@ -577,10 +611,35 @@ mod tests {
             }
         }
         let config = Config {
-            partitions: 0,
+            slots: 0,
             ..Config::default()
         };
-        assert_eq!(error_of(&config), "partitions: must be in 1..=1024, got 0");
+        assert_eq!(error_of(&config), "slots: must be in 1..=65536, got 0");
+    }
+
+    #[test]
+    fn groups_default_to_one_per_member_and_never_outnumber_slots() {
+        let mut config = Config {
+            node_id: 2,
+            members: three_members(),
+            advertise_addr: "127.0.0.1:7071".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.effective_groups(), 3);
+        config.validate().unwrap();
+        config.slots = 2;
+        assert_eq!(
+            error_of(&config),
+            "groups: must be at most slots = 2: every group owns a slot, got 3"
+        );
+        config.groups = 1;
+        config.validate().unwrap();
+        assert_eq!(config.effective_groups(), 1);
+        assert_eq!(
+            Config::default().effective_groups(),
+            1,
+            "one node, one group"
+        );
     }
 
     #[test]
@@ -692,20 +751,20 @@ mod tests {
     #[test]
     fn flags_override_file_over_defaults() {
         let args = ServeArgs {
-            partitions: Some(8),
+            groups: Some(8),
             node_id: Some(2),
             ..ServeArgs::default()
         };
         let file = file(
             r#"
-            partitions = 32
+            groups = 32
             heartbeat_interval_ms = 50
             node_id = 3
             members = ["1=127.0.0.1:7070", "2=127.0.0.1:7071", "3=127.0.0.1:7072"]
             "#,
         );
         let config = Config::layer(args, file).unwrap();
-        assert_eq!(config.partitions, 8);
+        assert_eq!(config.groups, 8);
         assert_eq!(config.node_id, 2);
         assert_eq!(config.heartbeat_interval_ms, 50);
         assert_eq!(config.election_timeout_ms, 300);
@@ -745,14 +804,14 @@ mod tests {
 
     #[test]
     fn file_errors_name_the_key() {
-        let error = toml::from_str::<FileConfig>("partitons = 3").unwrap_err();
-        assert!(error.to_string().contains("partitons"), "{error}");
+        let error = toml::from_str::<FileConfig>("slot = 3").unwrap_err();
+        assert!(error.to_string().contains("slot"), "{error}");
         let error = toml::from_str::<FileConfig>("grpc_addr = \"nowhere\"").unwrap_err();
         assert!(error.to_string().contains("grpc_addr"), "{error}");
-        let config = Config::layer(ServeArgs::default(), file("partitions = 0"));
+        let config = Config::layer(ServeArgs::default(), file("slots = 0"));
         assert_eq!(
             config.unwrap_err().to_string(),
-            "partitions: must be in 1..=1024, got 0"
+            "slots: must be in 1..=65536, got 0"
         );
     }
 
@@ -760,13 +819,13 @@ mod tests {
     fn resolve_reads_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leasehold.toml");
-        std::fs::write(&path, "partitions = 64\ndata_dir = \"/srv/lh\"\n").unwrap();
+        std::fs::write(&path, "slots = 64\ndata_dir = \"/srv/lh\"\n").unwrap();
         let args = ServeArgs {
             config: Some(path.clone()),
             ..ServeArgs::default()
         };
         let config = Config::resolve(args).unwrap();
-        assert_eq!(config.partitions, 64);
+        assert_eq!(config.slots, 64);
         assert_eq!(config.data_dir, Path::new("/srv/lh"));
 
         std::fs::write(&path, "bogus = 1\n").unwrap();

@@ -1057,7 +1057,7 @@ mod tests {
             leader_address: "10.0.0.3:7400".into(),
             epoch: 12,
         };
-        let status = error_status(Code::Unavailable, "not the leader of partition 4", &hint);
+        let status = error_status(Code::Unavailable, "not the leader of group 4", &hint);
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(error_detail(&status), Some(hint));
         assert_eq!(error_detail(&Status::unavailable("connection reset")), None);

@@ -10,17 +10,18 @@
 //! - [`engine`]: the pure, deterministic constraint engine — commands stamped
 //!   with the proposer's time in, outcomes out — behind a narrow storage
 //!   trait ([`engine::Store`]), with an in-memory store for tests.
-//! - [`partition`]: the documented hash that maps a scope to its partition.
+//! - [`slot`]: the documented hash that maps a scope to its hash slot, and
+//!   the lease id layout (slot, counter).
 //! - [`proto`]: the public gRPC contract (`leasehold.v1`), generated from
 //!   `proto/leasehold/v1/leasehold.proto`.
 //! - [`convert`]: proto messages to engine commands and back, and engine
 //!   errors to gRPC statuses with a stable code in their details.
 //! - [`raft`]: Raft storage for one node — every group's log, vote and state
 //!   machine (the engine) over one shared RocksDB, with group commit.
-//! - [`server`]: a node of the replicated service: Raft groups per
-//!   partition plus the metadata group, the gRPC API with forwarding, the
+//! - [`server`]: a node of the replicated service: Raft groups, each
+//!   owning many slots, plus the metadata group, the gRPC API with forwarding, the
 //!   peer transport, metrics and graceful shutdown.
-//! - [`client`]: the Rust client: partition-map routing, retries across
+//! - [`client`]: the Rust client: slot-map routing, retries across
 //!   leader changes with the same idempotency key, lease handles with
 //!   keep-alive and release on drop.
 //! - [`mux`]: many calls over one bidirectional gRPC stream, answered by
@@ -34,7 +35,7 @@ pub mod convert;
 pub mod engine;
 pub mod limits;
 pub mod mux;
-pub mod partition;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod slot;

@@ -53,9 +53,12 @@ struct ClusterArgs {
     /// Directory under which node i keeps its data, in node-i
     #[arg(long, value_name = "DIR", default_value = "./leasehold-cluster")]
     data_dir: PathBuf,
-    /// Number of partitions, 1..=1024 [default: serve's]
+    /// Hash slots, 1..=65536 [default: serve's]
     #[arg(long, value_name = "N")]
-    partitions: Option<u32>,
+    slots: Option<u32>,
+    /// Data groups the slots are spread over, 0..=1024; 0 = one per node [default: serve's]
+    #[arg(long, value_name = "N")]
+    groups: Option<u32>,
     /// Further `serve` flags, given to every node
     #[arg(last = true, value_name = "SERVE FLAGS")]
     serve_flags: Vec<String>,
@@ -231,8 +234,11 @@ fn spawn_all(
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--members", &members]);
-        if let Some(partitions) = args.partitions {
-            command.args(["--partitions", &partitions.to_string()]);
+        if let Some(slots) = args.slots {
+            command.args(["--slots", &slots.to_string()]);
+        }
+        if let Some(groups) = args.groups {
+            command.args(["--groups", &groups.to_string()]);
         }
         command
             .args(&args.serve_flags)

@@ -141,20 +141,30 @@ async fn an_operator_acquires_inspects_releases_and_surveys() {
     let capacity = ok_json(&seeds, &["adjust-capacity", "cli-acct", "gpu", "-1"]);
     assert_eq!(capacity["capacity"], 3);
 
-    let text = ok(&seeds, &["partitions"]);
-    assert!(text.contains("hash xxh64-seed0-mod"), "{text}");
-    for partition in 0..cluster.partitions() {
+    let text = ok(&seeds, &["slots"]);
+    assert!(
+        text.contains("1024 slots in 4 groups, hash xxh64-seed0-mod"),
+        "{text}"
+    );
+    // A row per group: its id, its share of the 1024 slots, its range.
+    for (group, range) in ["0-255", "256-511", "512-767", "768-1023"]
+        .iter()
+        .enumerate()
+    {
+        let row = format!("{group} 256 {range}");
         assert!(
             text.lines()
-                .any(|l| l.starts_with(&format!("{partition} "))),
-            "{text}"
+                .any(|l| l.split_whitespace().take(3).eq(row.split_whitespace())),
+            "expected a row starting {row:?}: {text}"
         );
     }
     for address in &nodes {
         assert!(text.contains(address.as_str()), "{text}");
     }
-    let map = ok_json(&seeds, &["partitions"]);
-    assert_eq!(map["partitions"].as_array().map(Vec::len), Some(4));
+    let map = ok_json(&seeds, &["slots"]);
+    assert_eq!(map["groups"].as_array().map(Vec::len), Some(4));
+    assert_eq!(map["slot_ranges"].as_array().map(Vec::len), Some(4));
+    assert_eq!(map["slot_count"], 1024);
     assert_eq!(map["nodes"].as_array().map(Vec::len), Some(3));
 
     // One seed is enough to find every node.
@@ -186,7 +196,7 @@ fn a_malformed_constraint_is_a_usage_error_naming_its_flag() {
 
 #[test]
 fn an_unreachable_cluster_exits_3() {
-    for args in [&["partitions"][..], &["release", "acct", "1"]] {
+    for args in [&["slots"][..], &["release", "acct", "1"]] {
         let output = run("127.0.0.1:1", args);
         assert_eq!(
             output.status.code(),

@@ -35,7 +35,7 @@ struct Held {
 }
 
 /// Four workers cycle acquire + release on one key with limit 2 while the
-/// partition's leader is SIGKILLed: no call fails, the limit holds at every
+/// group's leader is SIGKILLed: no call fails, the limit holds at every
 /// instant, and fencing tokens never repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_is_only_latency_and_never_a_double_grant() {

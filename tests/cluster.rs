@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use leasehold::convert::error_detail;
-use leasehold::partition::partition_of;
 use leasehold::proto::v1::acquire_response::Result as AcquireResult;
 use leasehold::proto::v1::constraint::Kind;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
@@ -22,14 +21,14 @@ use leasehold::proto::v1::{
     ServedBy, SetCapacityRequest, Throttle,
 };
 use support::{
-    assert_same_state, create_log, describe_digests, free_ports, is_transient, leasehold_command,
-    metric_sum, read_lossy, retry_transient, Cluster, ClusterConfig, ClusterDigests,
-    CONVERGE_TIMEOUT, META_GROUP, READY_TIMEOUT,
+    assert_same_state, create_log, describe_digests, free_ports, group_in, is_transient,
+    leasehold_command, metric_sum, read_lossy, retry_transient, Cluster, ClusterConfig,
+    ClusterDigests, CONVERGE_TIMEOUT, META_GROUP, READY_TIMEOUT,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Per-attempt deadline while a partition may have no leader.
+/// Per-attempt deadline while a group may have no leader.
 const PROBE_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often a probe loop starts another attempt.
@@ -47,8 +46,8 @@ const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 async fn forwarding_and_limits_across_nodes() {
     let cluster = Cluster::start(ClusterConfig::default()).await;
     let scope = "acct-forwarding";
-    let partition = partition_of(scope, cluster.partitions());
     let leader = cluster.leader_of(scope).await;
+    let group = cluster.group_of(1, scope).await;
     assert_map_names_every_node(&cluster).await;
     let mut tokens = Vec::new();
 
@@ -56,7 +55,7 @@ async fn forwarding_and_limits_across_nodes() {
     // forward to the leader, and every answer names it.
     for id in cluster.ids() {
         let mut client = cluster.client(id);
-        let token = acquire_extend_release(&mut client, scope, id, (partition, leader)).await;
+        let token = acquire_extend_release(&mut client, scope, id, (group, leader)).await;
         tokens.push(token);
     }
 
@@ -73,14 +72,14 @@ async fn forwarding_and_limits_across_nodes() {
     for id in [1, 2] {
         let what = format!("limited acquire through node {id}");
         let reply = call(&what, cluster.client(id).acquire(limited(id))).await;
-        assert_served(reply.served_by.as_ref(), partition, leader, &what);
+        assert_served(reply.served_by.as_ref(), group, leader, &what);
         let grant = expect_grant(&reply, &what);
         tokens.push(grant.fencing_token);
         held.push(grant.clone());
     }
     let what = "third acquire of a limit-2 key, through node 3";
     let reply = call(what, cluster.client(3).acquire(limited(3))).await;
-    assert_served(reply.served_by.as_ref(), partition, leader, what);
+    assert_served(reply.served_by.as_ref(), group, leader, what);
     assert_full_concurrency_key(expect_denial(&reply, what), "limited", 2, 30_000);
 
     // Release through another node than the acquire: capacity is back.
@@ -103,7 +102,7 @@ async fn forwarding_and_limits_across_nodes() {
 
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
-        "expected fencing tokens of successive grants in one partition to strictly increase: {tokens:?}"
+        "expected fencing tokens of successive grants in one scope to strictly increase: {tokens:?}"
     );
 }
 
@@ -277,7 +276,7 @@ async fn lagging_replica_catches_up_by_snapshot() {
     cluster.restart(3);
     cluster.wait_ready(3, READY_TIMEOUT).await;
     let digests = cluster.wait_digests_converge(Duration::from_secs(10)).await;
-    assert_same_state(&digests, cluster.partitions());
+    assert_same_state(&digests, cluster.groups());
     let installed = metric_sum(
         &cluster.metrics(3).await,
         "leasehold_snapshots_installed_total",
@@ -319,7 +318,7 @@ async fn replicas_hold_identical_state_after_random_workload() {
     );
 
     let digests: ClusterDigests = cluster.wait_digests_converge(CONVERGE_TIMEOUT).await;
-    assert_same_state(&digests, cluster.partitions());
+    assert_same_state(&digests, cluster.groups());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,26 +391,27 @@ async fn sigterm_hands_leadership_over() {
 }
 
 /// A fresh cluster whose third member never comes up still elects a
-/// leader for every partition, including those meant to be led by the
+/// leader for every group, including those meant to be led by the
 /// missing node; the member catches up when it finally starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_cluster_starts_with_a_member_missing() {
     let config = ClusterConfig::default();
-    let partitions = config.partitions;
+    let groups = config.groups;
     let mut cluster = Cluster::start_without(config, &[3]).await;
+    let map = cluster.slot_map(1).await;
 
-    // One scope per partition, each granted through node 1.
+    // One scope per group, each granted through node 1.
     let mut scopes = Vec::new();
     for n in 0.. {
-        if scopes.len() == partitions as usize {
+        if scopes.len() == groups as usize {
             break;
         }
         let scope = format!("acct-missing-{n}");
-        let partition = partition_of(&scope, partitions);
-        if scopes.iter().any(|(p, _)| *p == partition) {
+        let group = group_in(&map, &scope);
+        if scopes.iter().any(|(g, _)| *g == group) {
             continue;
         }
-        let what = format!("acquire in partition {partition} with node 3 never started");
+        let what = format!("acquire in group {group} with node 3 never started");
         let request = acquire(&scope, vec![concurrency("jobs", 1)], 60_000, "first");
         let reply = call(&what, cluster.client(1).acquire(request)).await;
         let served_by = reply.served_by.expect("served_by on a grant");
@@ -420,19 +420,19 @@ async fn fresh_cluster_starts_with_a_member_missing() {
             "expected a live leader for {what}"
         );
         expect_grant(&reply, &what);
-        scopes.push((partition, scope));
+        scopes.push((group, scope));
     }
 
     cluster.restart(3);
     cluster.wait_ready(3, Duration::from_secs(10)).await;
     let digests = cluster.wait_digests_converge(Duration::from_secs(10)).await;
-    assert_same_state(&digests, partitions);
-    for (partition, scope) in &scopes {
+    assert_same_state(&digests, groups);
+    for (group, scope) in &scopes {
         let inspect = inspect_concurrency(&mut cluster.client(3), scope, "jobs").await;
         assert_eq!(
             inspect.holders.len(),
             1,
-            "expected node 3 to see the lease granted in partition {partition} before it started"
+            "expected node 3 to see the lease granted in group {group} before it started"
         );
     }
 }
@@ -515,7 +515,7 @@ async fn health_and_reflection_describe_the_api() {
     );
 }
 
-/// A client that routed by a newer partition map than a node has gets
+/// A client that routed by a newer slot map than a node has gets
 /// WRONG_EPOCH from it; the current epoch, or none, is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_client_epoch_gets_wrong_epoch() {
@@ -524,7 +524,7 @@ async fn a_newer_client_epoch_gets_wrong_epoch() {
         ..ClusterConfig::default()
     })
     .await;
-    let epoch = cluster.partition_map(1).await.epoch;
+    let epoch = cluster.slot_map(1).await.epoch;
     let with_epoch = |epoch: String, key: &str| {
         let mut request = tonic::Request::new(acquire(
             "acct-epoch",
@@ -789,7 +789,7 @@ fn bad_config_is_rejected_with_the_field_named() {
         ])
         .args(["--http-addr", &ports[1].to_string(), "--members", &members])
         .args(["--data-dir", &dir.path().join("data").display().to_string()])
-        .args(["--partitions", "0", "--replication-factor", "3"])
+        .args(["--slots", "0", "--replication-factor", "3"])
         .stdout(create_log(&dir.path().join("stdout.log")))
         .stderr(create_log(&stderr_path))
         .spawn()
@@ -803,7 +803,7 @@ fn bad_config_is_rejected_with_the_field_named() {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "expected `serve --partitions 0` to exit within 5 s; stderr: {}",
+                "expected `serve --slots 0` to exit within 5 s; stderr: {}",
                 read_lossy(&stderr_path)
             );
         }
@@ -812,15 +812,15 @@ fn bad_config_is_rejected_with_the_field_named() {
     let stderr = read_lossy(&stderr_path);
     assert!(
         !status.success(),
-        "expected `serve --partitions 0` to fail, got {status}; stderr: {stderr}"
+        "expected `serve --slots 0` to fail, got {status}; stderr: {stderr}"
     );
     let names_bound = stderr
         .lines()
-        .filter(|l| l.contains("partitions"))
+        .filter(|l| l.contains("slots"))
         .any(|l| l.split(|c: char| !c.is_ascii_digit()).any(|n| n == "1"));
     assert!(
         names_bound,
-        "expected stderr to name `partitions` and its lower bound 1 on one line; stderr: {stderr}"
+        "expected stderr to name `slots` and its lower bound 1 on one line; stderr: {stderr}"
     );
 }
 
@@ -1179,7 +1179,7 @@ async fn acquire_in_each(
 }
 
 /// Polls Peer.Digest until every node holds exactly `expected` lease
-/// records over all partitions.
+/// records over all data groups.
 async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1188,8 +1188,8 @@ async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration)
             let digests = cluster.digests(id).await;
             let digests =
                 digests.unwrap_or_else(|s| panic!("expected Digest on node {id} to answer: {s}"));
-            let partitions = digests.values().filter(|d| d.group != META_GROUP);
-            counts.insert(id, partitions.map(|d| d.leases).sum::<u64>());
+            let data = digests.values().filter(|d| d.group != META_GROUP);
+            counts.insert(id, data.map(|d| d.leases).sum::<u64>());
         }
         if counts.values().all(|&n| n == expected) {
             return;
@@ -1240,13 +1240,13 @@ fn assert_full_concurrency_key(denial: &Denial, key: &str, limit: u64, ttl_ms: u
 }
 
 /// Acquires, extends and releases one lease through `client` (node `id`),
-/// checking that `leader` of `partition` served each call; returns the
+/// checking that `leader` of `group` served each call; returns the
 /// grant's fencing token.
 async fn acquire_extend_release(
     client: &mut LeaseholdClient<Channel>,
     scope: &str,
     id: u64,
-    (partition, leader): (u32, u64),
+    (group, leader): (u32, u64),
 ) -> u64 {
     let what = format!("acquire through node {id}");
     let request = acquire(
@@ -1256,7 +1256,7 @@ async fn acquire_extend_release(
         &format!("pool-{id}"),
     );
     let reply = call(&what, client.acquire(request)).await;
-    assert_served(reply.served_by.as_ref(), partition, leader, &what);
+    assert_served(reply.served_by.as_ref(), group, leader, &what);
     assert!(
         !reply.replayed,
         "expected a first {what} not to be a replay"
@@ -1266,7 +1266,7 @@ async fn acquire_extend_release(
     let what = format!("extend through node {id}");
     let request = extend(scope, grant.lease_id, 60_000, &format!("pool-extend-{id}"));
     let extended = call(&what, client.extend(request)).await;
-    assert_served(extended.served_by.as_ref(), partition, leader, &what);
+    assert_served(extended.served_by.as_ref(), group, leader, &what);
     assert_eq!(
         extended.lease_id, grant.lease_id,
         "expected {what} to name the lease"
@@ -1281,7 +1281,7 @@ async fn acquire_extend_release(
     let what = format!("release through node {id}");
     let request = release(scope, grant.lease_id, &format!("pool-release-{id}"));
     let released = call(&what, client.release(request)).await;
-    assert_served(released.served_by.as_ref(), partition, leader, &what);
+    assert_served(released.served_by.as_ref(), group, leader, &what);
     assert!(released.was_held, "expected {what} to find the lease held");
     grant.fencing_token
 }
@@ -1420,10 +1420,10 @@ async fn inspect_concurrency(
     inspect
 }
 
-/// GetPartitionMap on every node lists the three nodes at their addresses.
+/// GetSlotMap on every node lists the three nodes at their addresses.
 async fn assert_map_names_every_node(cluster: &Cluster) {
     for id in cluster.ids() {
-        let map = cluster.partition_map(id).await;
+        let map = cluster.slot_map(id).await;
         let nodes: BTreeMap<u64, String> = map
             .nodes
             .into_iter()
@@ -1436,7 +1436,7 @@ async fn assert_map_names_every_node(cluster: &Cluster) {
             .collect();
         assert_eq!(
             nodes, expected,
-            "expected node {id}'s partition map to list every node's gRPC address"
+            "expected node {id}'s slot map to list every node's gRPC address"
         );
     }
 }
@@ -1454,12 +1454,12 @@ async fn call<T>(
     }
 }
 
-fn assert_served(served_by: Option<&ServedBy>, partition: u32, leader: u64, what: &str) {
+fn assert_served(served_by: Option<&ServedBy>, group: u32, leader: u64, what: &str) {
     let served_by = served_by.unwrap_or_else(|| panic!("expected served_by on {what}"));
     assert_eq!(
-        (served_by.partition_id, served_by.leader_node_id),
-        (partition, leader),
-        "expected {what} to be served by partition {partition}'s leader {leader} (per GetPartitionMap)"
+        (served_by.group_id, served_by.leader_node_id),
+        (group, leader),
+        "expected {what} to be served by group {group}'s leader {leader} (per GetSlotMap)"
     );
 }
 

@@ -6,12 +6,15 @@
 //! compared; further properties check invariants of the engine alone
 //! (limits, GCRA bound, fencing, idempotency, determinism).
 
+use std::collections::BTreeMap;
+
 use leasehold::engine::{
     AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Applied, Command, Constraint,
     Denial, Engine, EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant, KeyAdmin, Kind,
     MemStore, Outcome, PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
 };
 use leasehold::limits::{CAPACITY_MAX, DEDUP_WINDOW_MS_MAX};
+use leasehold::slot::{lease_id, slot_of};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -30,7 +33,17 @@ const KINDS: [Kind; 4] = [
 fn config() -> EngineConfig {
     EngineConfig {
         dedup_window_ms: DEDUP_WINDOW_MS_MAX,
+        slot_count: SLOTS,
     }
+}
+
+/// The model's slots: enough that its scopes land in different ones, so
+/// lease ids carry different slots and each slot counts its own grants.
+const SLOTS: u32 = 1024;
+
+#[test]
+fn the_model_scopes_live_in_different_slots() {
+    assert_ne!(slot_of(SCOPES[0], SLOTS), slot_of(SCOPES[1], SLOTS));
 }
 
 fn engine() -> Engine<MemStore> {
@@ -84,7 +97,10 @@ type ModelHolder = (u64, u64, u64);
 #[derive(Default)]
 struct Model {
     now_ms: u64,
-    grants: u64,
+    /// Grants so far per slot.
+    grants: BTreeMap<u32, u64>,
+    /// Every lease id granted, oldest first.
+    issued: Vec<u64>,
     leases: Vec<ModelLease>,
     /// (scope, key, capacity) of semaphores.
     capacities: Vec<(String, String, u64)>,
@@ -420,8 +436,11 @@ impl Model {
             });
         }
         let granted = u32::try_from(granted).unwrap();
-        self.grants += 1;
-        let id = self.grants;
+        let slot = slot_of(scope, SLOTS);
+        let seq = self.grants.entry(slot).or_default();
+        *seq += 1;
+        let id = lease_id(slot, *seq);
+        self.issued.push(id);
         let holds = self.spend(scope, &constraints, granted);
         let now_ms = self.now_ms;
         self.leases.push(ModelLease {
@@ -819,8 +838,19 @@ impl Builder<'_> {
         }
     }
 
-    fn lease_id(&self, back: u64) -> u64 {
-        (self.model.grants + 1).saturating_sub(back).max(1)
+    /// The lease granted `back` grants ago (the oldest if there were
+    /// fewer); `back` 0, or no grant yet: the id `scope`'s slot grants next,
+    /// which no lease has yet.
+    fn lease_id(&self, scope: &str, back: u64) -> u64 {
+        let issued = &self.model.issued;
+        match usize::try_from(back).unwrap_or(usize::MAX) {
+            0 => {}
+            back if back <= issued.len() => return issued[issued.len() - back],
+            _ if !issued.is_empty() => return issued[0],
+            _ => {}
+        }
+        let slot = slot_of(scope, SLOTS);
+        lease_id(slot, self.model.grants.get(&slot).copied().unwrap_or(0) + 1)
     }
 
     fn command(&mut self, op: &Op) -> Option<Command> {
@@ -836,13 +866,13 @@ impl Builder<'_> {
                 ttl_ms,
             } => Command::Extend(ExtendRequest {
                 scope: SCOPES[scope].to_string(),
-                lease_id: self.lease_id(back),
+                lease_id: self.lease_id(SCOPES[scope], back),
                 ttl_ms,
                 idempotency_key,
             }),
             Op::Release { scope, back } => Command::Release(ReleaseRequest {
                 scope: SCOPES[scope].to_string(),
-                lease_id: self.lease_id(back),
+                lease_id: self.lease_id(SCOPES[scope], back),
                 idempotency_key,
             }),
             Op::SetCapacity {
@@ -1164,22 +1194,27 @@ fn one_lease_per_key(case: &Case) -> Result<(), TestCaseError> {
 fn fencing_increases(case: &Case) -> Result<(), TestCaseError> {
     let log = build(case);
     let (_, outcomes) = run(&log);
-    let mut last = 0;
-    for (i, got) in outcomes.iter().enumerate() {
-        if let Ok(Applied {
-            outcome: Outcome::Granted(g),
-            replayed: false,
-        }) = got
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for (i, (entry, got)) in log.iter().zip(&outcomes).enumerate() {
+        if let (
+            Command::Acquire(r),
+            Ok(Applied {
+                outcome: Outcome::Granted(g),
+                replayed: false,
+            }),
+        ) = (&entry.cmd, got)
         {
+            let last = last.entry(r.scope.as_str()).or_default();
             prop_assert!(
-                g.fencing_token > last,
-                "token {} after {} at #{}; log:\n{}",
+                g.fencing_token > *last,
+                "scope {}: token {} after {} at #{}; log:\n{}",
+                r.scope,
                 g.fencing_token,
-                last,
+                *last,
                 i,
                 show(&log[..=i])
             );
-            last = g.fencing_token;
+            *last = g.fencing_token;
         }
     }
     Ok(())
@@ -1265,7 +1300,7 @@ proptest! {
         one_lease_per_key(&case)?;
     }
 
-    /// Fresh grants carry strictly increasing fencing tokens.
+    /// Fresh grants of one scope carry strictly increasing fencing tokens.
     #[test]
     fn fencing_tokens_increase(case in case()) {
         fencing_increases(&case)?;
@@ -1456,6 +1491,11 @@ fn rate_limit(limit: u32, period_ms: u64) -> Constraint {
     }
 }
 
+/// The id of the first lease granted in `scope`.
+fn first_lease_of(scope: &str) -> u64 {
+    lease_id(slot_of(scope, SLOTS), 1)
+}
+
 fn outcomes(log: &[(u64, Command)]) -> Vec<Seen> {
     let mut e = engine();
     log.iter()
@@ -1478,17 +1518,18 @@ fn ended_lease_of_another_scope_is_lost() {
         key: "a".into(),
         limit: 1,
     };
+    let first = first_lease_of("s2");
     let got = outcomes(&[
         (1000, acquire("s2", "k1", conc.clone(), 1, 10)),
-        (1000, extend("s1", "k2", 1)),
-        (1000, release("s2", "k3", 1)),
-        (1000, extend("s1", "k4", 1)),
-        (1000, release("s1", "k5", 1)),
+        (1000, extend("s1", "k2", first)),
+        (1000, release("s2", "k3", first)),
+        (1000, extend("s1", "k4", first)),
+        (1000, release("s1", "k5", first)),
     ]);
     assert_eq!(got[1], Err(ErrorCode::LeaseNotFound));
     assert_eq!(got[3], Err(ErrorCode::LeaseLost));
     let released = Outcome::Released {
-        lease_id: 1,
+        lease_id: first,
         was_held: false,
     };
     assert_eq!(got[4], fresh(released));
@@ -1504,9 +1545,9 @@ fn expire_does_not_change_how_another_scopes_lease_is_seen() {
     };
     let got = outcomes(&[
         (1000, acquire("s1", "k1", conc, 1, 1)),
-        (1001, extend("s2", "k2", 1)),
+        (1001, extend("s2", "k2", first_lease_of("s1"))),
         (1001, Command::Expire { until_ms: 1001 }),
-        (1001, extend("s2", "k3", 1)),
+        (1001, extend("s2", "k3", first_lease_of("s1"))),
     ]);
     assert_eq!(got[1], got[3], "the same extend before and after an expire");
     assert_eq!(got[3], Err(ErrorCode::LeaseLost));

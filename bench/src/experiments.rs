@@ -1,4 +1,4 @@
-//! Leasehold-only figures: unavailability after kill -9 of a partition
+//! Leasehold-only figures: unavailability after kill -9 of a group
 //! leader, and memory and disk per key and per lease.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use leasehold::partition::partition_of;
+use leasehold::proto::v1;
+use leasehold::slot::{owner, slot_of, SlotRange};
 use tokio::sync::mpsc;
 
 use crate::procs;
@@ -19,7 +20,7 @@ use crate::target::{Held, Outcome};
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// Longest wait for the first grant after a kill.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
-/// Scopes of the probed partition the probes spread over.
+/// Scopes of the probed group the probes spread over.
 const PROBE_SCOPES: usize = 16;
 /// Callers that make the idle keys and live leases.
 const FOOTPRINT_CALLERS: u64 = 64;
@@ -36,26 +37,20 @@ fn lease_request(scope: String, ttl_ms: u64) -> Request {
     }
 }
 
-/// `trials` times: kill -9 the leader of partition 0, time until a grant
-/// on that partition answers an acquire sent after the kill, restart the
-/// node and let the cluster settle.
-pub async fn failover(
-    cluster: &mut Cluster,
-    partitions: u32,
-    trials: usize,
-) -> Result<Vec<Failover>> {
+/// `trials` times: kill -9 the leader of the group that owns slot 0, time
+/// until a grant in that group answers an acquire sent after the kill,
+/// restart the node and let the cluster settle.
+pub async fn failover(cluster: &mut Cluster, trials: usize) -> Result<Vec<Failover>> {
     let conn = Conn {
         client: cluster.client().await?,
     };
-    let partition = 0;
-    let scopes: Vec<String> = (0..)
-        .map(|i| format!("failover-{i}"))
-        .filter(|s| partition_of(s, partitions) == partition)
-        .take(PROBE_SCOPES)
-        .collect();
+    let map = conn.client.slot_map().await?;
+    let ranges = slot_ranges(&map);
+    let group = owner(&ranges, 0).context("the slot map has no owner for slot 0")?;
+    let scopes = scopes_of(&ranges, map.slot_count, group);
     let mut out = Vec::new();
     for trial in 0..trials {
-        let leader = leader_of(&conn, partition).await?;
+        let leader = leader_of(&conn, group).await?;
         let (tx, mut grants) = mpsc::unbounded_channel();
         let probes = tokio::spawn(probe(conn.clone(), scopes.clone(), tx, trial));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -74,7 +69,7 @@ pub async fn failover(
         .flatten();
         probes.abort();
         out.push(Failover {
-            partition,
+            group,
             killed_node: leader,
             unavailable_ms: first.map(|at| (at - killed_at).as_secs_f64() * 1e3),
         });
@@ -86,16 +81,37 @@ pub async fn failover(
     Ok(out)
 }
 
-async fn leader_of(conn: &Conn, partition: u32) -> Result<u64> {
+fn slot_ranges(map: &v1::SlotMap) -> Vec<SlotRange> {
+    map.slot_ranges
+        .iter()
+        .map(|r| SlotRange {
+            first: r.first_slot,
+            last: r.last_slot,
+            group: r.group_id,
+        })
+        .collect()
+}
+
+/// PROBE_SCOPES scopes whose slots `group` owns.
+fn scopes_of(ranges: &[SlotRange], slot_count: u32, group: u32) -> Vec<String> {
+    (0..)
+        .map(|i| format!("failover-{i}"))
+        .filter(|s| owner(ranges, slot_of(s, slot_count)) == Some(group))
+        .take(PROBE_SCOPES)
+        .collect()
+}
+
+async fn leader_of(conn: &Conn, group: u32) -> Result<u64> {
     let until = Instant::now() + FAILOVER_TIMEOUT;
     loop {
-        let map = conn.client.partition_map().await?;
+        let map = conn.client.slot_map().await?;
         let leader = map
-            .partitions
-            .get(partition as usize)
-            .map_or(0, |p| p.leader_node_id);
+            .groups
+            .iter()
+            .find(|g| g.group_id == group)
+            .map_or(0, |g| g.leader_node_id);
         if leader != 0 || Instant::now() >= until {
-            anyhow::ensure!(leader != 0, "partition {partition} has no leader");
+            anyhow::ensure!(leader != 0, "group {group} has no leader");
             return Ok(leader);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -199,4 +215,36 @@ async fn many(conn: &Conn, count: u64, prefix: &'static str, release: bool) -> R
 
 async fn release_one(conn: &Conn, held: &Held, key: &str) -> Result<()> {
     conn.release(held, &format!("{key}-r")).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_scopes_land_in_the_probed_group() {
+        // The initial placement of 3 groups over 1024 slots.
+        let ranges = [
+            SlotRange {
+                first: 0,
+                last: 340,
+                group: 0,
+            },
+            SlotRange {
+                first: 341,
+                last: 681,
+                group: 1,
+            },
+            SlotRange {
+                first: 682,
+                last: 1023,
+                group: 2,
+            },
+        ];
+        let scopes = scopes_of(&ranges, 1024, 1);
+        assert_eq!(scopes.len(), PROBE_SCOPES);
+        for scope in &scopes {
+            assert!((341..=681).contains(&slot_of(scope, 1024)), "{scope}");
+        }
+    }
 }

@@ -33,6 +33,7 @@ use clap::{Args, Parser, Subcommand};
 use load::{LoadConfig, Mode};
 use result::RunResult;
 use spec::Workload;
+use target::leasehold::Layout;
 use target::{Binaries, Server, TargetKind};
 
 #[derive(Parser)]
@@ -151,9 +152,14 @@ struct RunArgs {
     /// Unmeasured warm-up before it
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Leasehold's partition count
-    #[arg(long, default_value_t = 16)]
-    partitions: u32,
+    /// Leasehold's Raft groups, 0..=1024, at most --slots; 0 = one per node
+    #[arg(long, value_name = "N", default_value_t = Layout::DEFAULT.groups,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    groups: u32,
+    /// Leasehold's hash slots, 1..=65536
+    #[arg(long, value_name = "N", default_value_t = Layout::DEFAULT.slots,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    slots: u32,
     /// Leasehold: send each call as a unary RPC instead of over the
     /// client's session streams
     #[arg(long)]
@@ -271,7 +277,11 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let mut server = Server::start(args.target, &args.bins.binaries()?, args.partitions)?;
+    let layout = Layout {
+        groups: args.groups,
+        slots: args.slots,
+    };
+    let mut server = Server::start(args.target, &args.bins.binaries()?, layout)?;
     if let Server::Leasehold(cluster, _) = &mut server {
         cluster.streaming = !args.unary;
     }
@@ -309,8 +319,9 @@ async fn run(args: RunArgs) -> Result<()> {
         &measured,
     );
     result.rate_per_s = args.rate;
-    if args.target == TargetKind::Leasehold {
-        result.partitions = Some(args.partitions);
+    if let Some(layout) = server.layout() {
+        result.groups = Some(layout.groups);
+        result.slots = Some(layout.slots);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -321,8 +332,12 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 pub(crate) fn print_run(r: &RunResult) {
+    let layout = match (r.groups, r.slots) {
+        (Some(groups), Some(slots)) => format!(" groups={groups} slots={slots}"),
+        _ => String::new(),
+    };
     println!(
-        "{} {} {} clients={}: {:.0} {}/s ({} granted, {} denied, {} errors, {} conflicts) over {:.1} s",
+        "{} {} {} clients={}{layout}: {:.0} {}/s ({} granted, {} denied, {} errors, {} conflicts) over {:.1} s",
         r.target,
         r.workload,
         r.mode,

@@ -6,6 +6,8 @@ use std::fmt::Write;
 use crate::result::{matrix_median, MatrixCell, Results, RunResult};
 use crate::spec::{Workload, WORKLOADS};
 use crate::stats::Summary;
+use crate::suite::GROUPS_SLOTS;
+use crate::target::leasehold::{Layout, NODES};
 use crate::target::{TargetKind, TARGETS};
 
 /// What the report is made of besides the results.
@@ -127,9 +129,10 @@ pub fn markdown(input: &ReportInput) -> String {
          over the measured window, per cycle; the load generator's likewise. *Other \
          processes*: the machine's busy time (/proc/stat) less the servers' and the load \
          generator's, in cores: what else ran meanwhile, kernel threads included.\n\
-         - Leasehold: three `leasehold serve` processes, replication factor 3, {} \
-         partitions unless said otherwise; a call is acknowledged once fsynced on a \
-         majority.\n\
+         - Leasehold: three `leasehold serve` processes, replication factor 3, with the \
+         layout a new cluster gets unless said otherwise: {} hash slots over one Raft \
+         group per node ({} groups, each node the preferred leader of one); a call is \
+         acknowledged once fsynced on a majority.\n\
          - Workloads: **hot**: one concurrency key, limit 1000. **spread**: one of 100,000 \
          concurrency keys (limit 10), one scope each. **multi**: one acquire over an \
          account's concurrency (limit 1000), one of 100 function concurrency keys (limit \
@@ -139,7 +142,8 @@ pub fn markdown(input: &ReportInput) -> String {
         s.clients,
         s.seconds,
         s.warmup_seconds,
-        crate::suite::PARTITIONS
+        Layout::DEFAULT.slots,
+        Layout::DEFAULT.resolved(NODES).groups
     );
     machine_share(&mut md, r);
     if s.smoke {
@@ -150,7 +154,7 @@ pub fn markdown(input: &ReportInput) -> String {
     budget_table(&mut md, r);
     open_table(&mut md, r);
     clients_table(&mut md, r);
-    partitions_table(&mut md, r);
+    groups_slots_table(&mut md, r);
     failover_section(&mut md, r);
     footprint_section(&mut md, r);
     for (path, caption) in input.plots {
@@ -424,26 +428,40 @@ fn clients_table(md: &mut String, r: &Results) {
     let _ = writeln!(md);
 }
 
-fn partitions_table(md: &mut String, r: &Results) {
-    let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.group == "partitions").collect();
+/// A count, or a dash if unknown.
+fn count(x: Option<u32>) -> String {
+    x.map_or("–".into(), |x| x.to_string())
+}
+
+fn groups_slots_table(md: &mut String, r: &Results) {
+    let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.group == GROUPS_SLOTS).collect();
     if runs.is_empty() {
         return;
     }
+    let default = Layout::DEFAULT.resolved(NODES);
     let _ = writeln!(
         md,
-        "## Leasehold: partitions (spread workload, {} callers)\n",
-        r.settings.clients
+        "## Leasehold: groups and slots (spread workload, {} callers)\n\n\
+         Scopes hash to slots; each Raft group owns an equal range of them, its replicas \
+         on three nodes and its preferred leader spread over the nodes. The group count \
+         varies at {} slots, then the slot count at {} groups; each row is a freshly \
+         created cluster.\n",
+        r.settings.clients, default.slots, default.groups
     );
     let _ = writeln!(
         md,
-        "| partitions | cycles/s | acquire ms p50 / p99 / p99.9 | server CPU µs per cycle | Raft entries per cycle | commands per entry | other processes, cores |"
+        "| groups | slots | cycles/s | acquire ms p50 / p99 / p99.9 | server CPU µs per cycle | Raft entries per cycle | commands per entry | other processes, cores |"
     );
-    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        md,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for run in runs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} |",
-            run.partitions.unwrap_or(0),
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            count(run.groups),
+            count(run.slots),
             rate(run.throughput_per_s),
             latencies(Some(&run.acquire)),
             run.server_cpu_us_per_op,
@@ -461,10 +479,10 @@ fn failover_section(md: &mut String, r: &Results) {
     }
     let _ = writeln!(
         md,
-        "## Leasehold: unavailability after kill -9 of a partition leader\n\n\
-         A new acquire on a scope of partition 0 starts every 5 ms through the Rust client; \
-         the leader of partition 0 is killed with SIGKILL; the figure is the time from the \
-         kill to the first grant answering an acquire sent after it (election timeout \
+        "## Leasehold: unavailability after kill -9 of a group leader\n\n\
+         A new acquire on a scope of the group that owns slot 0 starts every 5 ms through \
+         the Rust client; that group's leader is killed with SIGKILL; the figure is the \
+         time from the kill to the first grant answering an acquire sent after it (election timeout \
          300–600 ms, plus the client noticing and finding the new leader). The node is \
          restarted between trials.\n"
     );
@@ -558,8 +576,8 @@ they differ:
   fencing token is the granting txn's revision. Release deletes the holder
   keys the caller remembers (by name, not by lease id) and records its
   idempotency key in the same txn.
-- **Waiting**: Leasehold parks the acquire on the partition leader (`wait_ms`)
-  and grants it when a release frees a unit, first come first served. Redis
+- **Waiting**: Leasehold parks the acquire on the leader of the scope's group
+  (`wait_ms`) and grants it when a release frees a unit, first come first served. Redis
   and etcd have no equivalent in these designs; their callers poll: retry the
   denied acquire with the same idempotency key after 1, 2, 4 … 32 ms (with
   jitter, never past the wait), which is what a client of theirs would do.
@@ -567,3 +585,84 @@ they differ:
 - **Durability and availability**: Leasehold acknowledges once a majority of
   three replicas has fsynced; etcd likewise; Redis is a single node.
 ";
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::load::{Measured, Tally};
+
+    fn run(group: &str, groups: u32, slots: u32, cycles: u64) -> RunResult {
+        let mut tally = Tally {
+            cycles,
+            ..Tally::default()
+        };
+        tally.acquire.record(Duration::from_millis(2));
+        let measured = Measured {
+            tally,
+            window: Duration::from_secs(1),
+            server_cpu_us: cycles * 300,
+            server_cpu_us_by_process: Vec::new(),
+            client_cpu_us: 0,
+            disk_flushes: None,
+            raft: None,
+            other_cpu_us: 0,
+            conflicts: 0,
+            unfinished: 0,
+            first_error: None,
+        };
+        let mut run = RunResult::new(
+            group,
+            TargetKind::Leasehold,
+            Workload::Spread,
+            "closed",
+            4,
+            &measured,
+        );
+        run.groups = Some(groups);
+        run.slots = Some(slots);
+        run
+    }
+
+    #[test]
+    fn the_groups_and_slots_table_has_a_row_per_swept_layout() {
+        let results = Results {
+            runs: vec![
+                run("matrix", 3, 1024, 900),
+                run(GROUPS_SLOTS, 1, 1024, 500),
+                run(GROUPS_SLOTS, 3, 256, 1500),
+            ],
+            ..Results::default()
+        };
+        let mut md = String::new();
+        groups_slots_table(&mut md, &results);
+        assert!(md.contains("## Leasehold: groups and slots"), "{md}");
+        assert!(md.contains("| groups | slots | cycles/s |"), "{md}");
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("| ")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| 1 | 1024 | 500 | 2.00 / 2.00 / 2.00 | 300 | – | – | 0.00 |",
+                "| 3 | 256 | 1500 | 2.00 / 2.00 / 2.00 | 300 | – | – | 0.00 |",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_groups_and_slots_runs_no_table() {
+        let results = Results {
+            runs: vec![run("matrix", 3, 1024, 900)],
+            ..Results::default()
+        };
+        let mut md = String::new();
+        groups_slots_table(&mut md, &results);
+        assert_eq!(md, "");
+    }
+}

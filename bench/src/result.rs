@@ -10,7 +10,8 @@ use crate::target::TargetKind;
 /// One load run against one target.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
-    /// Which part of the suite: "matrix", "open", "clients", "partitions".
+    /// Which part of the suite: "matrix", "open", "clients",
+    /// "groups-slots".
     pub group: String,
     pub target: TargetKind,
     pub workload: Workload,
@@ -20,8 +21,13 @@ pub struct RunResult {
     pub clients: usize,
     /// Open loop: the arrival rate.
     pub rate_per_s: Option<f64>,
-    /// Leasehold's partition count.
-    pub partitions: Option<u32>,
+    /// Leasehold's Raft groups. Results from before hash slots say
+    /// `partitions`: each partition was a Raft group of its own.
+    #[serde(default, alias = "partitions")]
+    pub groups: Option<u32>,
+    /// Leasehold's hash slots.
+    #[serde(default)]
+    pub slots: Option<u32>,
     /// The measured window.
     pub seconds: f64,
     /// Granted acquires (and their releases, for lease workloads).
@@ -51,7 +57,7 @@ pub struct RunResult {
     /// Leasehold: WAL syncs of all three nodes per second.
     #[serde(default)]
     pub wal_fsyncs_per_s: Option<f64>,
-    /// Leasehold: Raft entries proposed per cycle, over every partition.
+    /// Leasehold: Raft entries proposed per cycle, over every group.
     #[serde(default)]
     pub entries_per_op: Option<f64>,
     /// Leasehold: commands per proposed entry.
@@ -96,7 +102,8 @@ impl RunResult {
             mode: mode.to_string(),
             clients,
             rate_per_s: None,
-            partitions: None,
+            groups: None,
+            slots: None,
             seconds,
             cycles: m.tally.cycles,
             denied: m.tally.denied,
@@ -137,11 +144,13 @@ impl RunResult {
     }
 }
 
-/// Leasehold: kill -9 of a partition's leader until the first grant on
-/// that partition of an acquire sent after the kill.
+/// Leasehold: kill -9 of a group's leader until the first grant in that
+/// group of an acquire sent after the kill.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failover {
-    pub partition: u32,
+    /// Results from before hash slots say `partition`, then a Raft group.
+    #[serde(alias = "partition")]
+    pub group: u32,
     pub killed_node: u64,
     /// None when no grant came within the timeout.
     pub unavailable_ms: Option<f64>,
@@ -210,4 +219,30 @@ pub fn matrix_median(
         highest: runs.last()?.throughput_per_s,
         rounds: runs.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_from_before_slots_load_their_partitions_as_groups() {
+        let summary = r#"{"count": 1, "mean_us": 1.0, "p50_us": 1, "p99_us": 1,
+            "p999_us": 1, "max_us": 1, "percentiles": []}"#;
+        let text = format!(
+            r#"{{"runs": [{{"group": "partitions", "target": "leasehold",
+                "workload": "spread", "mode": "closed", "clients": 50,
+                "rate_per_s": null, "partitions": 64, "seconds": 8.0, "cycles": 1,
+                "denied": 0, "errors": 0, "conflicts": 0, "unfinished": 0,
+                "throughput_per_s": 1.0, "acquire": {summary}, "release": null,
+                "server_cpu_us_per_op": 1.0, "client_cpu_us_per_op": 1.0,
+                "first_error": null}}],
+              "failover": [{{"partition": 0, "killed_node": 1, "unavailable_ms": 975.3}}]}}"#
+        );
+        let results: Results = serde_json::from_str(&text).expect("an old results file");
+        assert_eq!(results.runs[0].groups, Some(64));
+        assert_eq!(results.runs[0].slots, None);
+        assert_eq!(results.failover[0].group, 0);
+        assert_eq!(results.failover[0].killed_node, 1);
+    }
 }

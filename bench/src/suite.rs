@@ -1,6 +1,6 @@
 //! The whole benchmark: every workload on every target, the open-loop and
-//! client sweeps, and Leasehold's partitions, failover and footprint
-//! figures. Results are written after every step, so a failure keeps
+//! client sweeps, and Leasehold's groups-and-slots sweep, failover and
+//! footprint figures. Results are written after every step, so a failure keeps
 //! what was measured before it.
 
 use std::path::PathBuf;
@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use crate::load::{self, LoadConfig, Mode};
 use crate::result::{Results, RunResult, Settings};
 use crate::spec::{Workload, WORKLOADS};
-use crate::target::leasehold::Cluster;
+use crate::target::leasehold::{Cluster, Layout, NODES};
 use crate::target::{Binaries, Server, TargetKind};
 use crate::{experiments, semantics};
 
-/// Leasehold's default partition count, used wherever none is swept.
-pub const PARTITIONS: u32 = 16;
+/// The name of the groups-and-slots sweep's runs in the results.
+pub const GROUPS_SLOTS: &str = "groups-slots";
 
 #[derive(Clone, Debug)]
 pub struct SuiteConfig {
@@ -42,12 +42,30 @@ impl SuiteConfig {
         }
     }
 
-    fn partition_sweep(&self) -> Vec<u32> {
-        if self.smoke {
-            vec![1]
+    /// Leasehold's layouts for the spread workload: each group count at
+    /// the default slots, then each slot count at the default groups; a
+    /// layout both lists name is measured once.
+    fn layout_sweep(&self) -> Vec<Layout> {
+        let (groups, slots): (&[u32], &[u32]) = if self.smoke {
+            (&[1], &[256])
         } else {
-            vec![1, 4, 16, 64]
+            (&[1, 3, 6], &[256, 1024, 4096])
+        };
+        let by_groups = groups.iter().map(|&groups| Layout {
+            groups,
+            ..Layout::DEFAULT
+        });
+        let by_slots = slots.iter().map(|&slots| Layout {
+            slots,
+            ..Layout::DEFAULT
+        });
+        let mut layouts: Vec<Layout> = Vec::new();
+        for layout in by_groups.chain(by_slots).map(|l| l.resolved(NODES)) {
+            if !layouts.contains(&layout) {
+                layouts.push(layout);
+            }
         }
+        layouts
     }
 
     fn failover_trials(&self) -> usize {
@@ -147,7 +165,7 @@ impl Suite {
             self.save()?;
         }
         if self.config.targets.contains(&TargetKind::Leasehold) {
-            self.partitions().await;
+            self.groups_and_slots().await;
             self.save()?;
             self.failover().await;
             self.save()?;
@@ -180,16 +198,17 @@ impl Suite {
         };
         let mut result = RunResult::new(group, target, workload, mode_name, clients, &measured);
         result.rate_per_s = rate;
-        if target == TargetKind::Leasehold {
-            result.partitions = Some(PARTITIONS);
+        if let Some(layout) = server.layout() {
+            result.groups = Some(layout.groups);
+            result.slots = Some(layout.slots);
         }
         crate::print_run(&result);
         self.results.runs.push(result.clone());
         Some(result)
     }
 
-    fn start(&mut self, target: TargetKind, partitions: u32) -> Option<Server> {
-        let started = Server::start(target, &self.config.bins, partitions);
+    fn start(&mut self, target: TargetKind, layout: Layout) -> Option<Server> {
+        let started = Server::start(target, &self.config.bins, layout);
         self.note(&format!("starting {target}"), started)
     }
 
@@ -207,7 +226,7 @@ impl Suite {
     }
 
     async fn semantics_alone(&mut self, target: TargetKind) {
-        if let Some(mut server) = self.start(target, PARTITIONS) {
+        if let Some(mut server) = self.start(target, Layout::DEFAULT) {
             self.semantics(target, &mut server).await;
             server.stop();
         }
@@ -223,7 +242,7 @@ impl Suite {
         };
         for workload in WORKLOADS {
             for target in self.config.targets.clone() {
-                let Some(mut server) = self.start(target, PARTITIONS) else {
+                let Some(mut server) = self.start(target, Layout::DEFAULT) else {
                     continue;
                 };
                 if self
@@ -245,7 +264,7 @@ impl Suite {
         let mode = Mode::Closed {
             clients: self.config.clients,
         };
-        let Some(mut server) = self.start(target, PARTITIONS) else {
+        let Some(mut server) = self.start(target, Layout::DEFAULT) else {
             return;
         };
         self.semantics(target, &mut server).await;
@@ -259,7 +278,7 @@ impl Suite {
     /// On one server: the spread workload in an open loop at half the
     /// closed loop's throughput, then closed loops of 1 to 200 callers.
     async fn sweeps(&mut self, target: TargetKind) {
-        let Some(mut server) = self.start(target, PARTITIONS) else {
+        let Some(mut server) = self.start(target, Layout::DEFAULT) else {
             return;
         };
         let closed = crate::result::matrix_median(&self.results, target, Workload::Spread);
@@ -279,28 +298,24 @@ impl Suite {
         server.stop();
     }
 
-    /// Leasehold's spread workload with 1 to 64 partitions.
-    async fn partitions(&mut self) {
-        for partitions in self.config.partition_sweep() {
-            let Some(mut server) = self.start(TargetKind::Leasehold, partitions) else {
+    /// Leasehold's spread workload over 1 to 6 groups and 256 to 4096
+    /// slots, each layout on a freshly created cluster.
+    async fn groups_and_slots(&mut self) {
+        for layout in self.config.layout_sweep() {
+            let Some(mut server) = self.start(TargetKind::Leasehold, layout) else {
                 continue;
             };
             let mode = Mode::Closed {
                 clients: self.config.clients,
             };
-            let run = self
-                .measure(
-                    &mut server,
-                    "partitions",
-                    TargetKind::Leasehold,
-                    Workload::Spread,
-                    mode,
-                )
-                .await;
-            if run.is_some() {
-                let last = self.results.runs.last_mut().expect("just pushed");
-                last.partitions = Some(partitions);
-            }
+            self.measure(
+                &mut server,
+                GROUPS_SLOTS,
+                TargetKind::Leasehold,
+                Workload::Spread,
+                mode,
+            )
+            .await;
             server.stop();
         }
     }
@@ -308,8 +323,8 @@ impl Suite {
     async fn failover(&mut self) {
         let trials = self.config.failover_trials();
         let outcome = async {
-            let mut cluster = Cluster::start(&self.config.bins.leasehold, 3, PARTITIONS)?;
-            let result = experiments::failover(&mut cluster, PARTITIONS, trials).await;
+            let mut cluster = Cluster::start(&self.config.bins.leasehold, NODES, Layout::DEFAULT)?;
+            let result = experiments::failover(&mut cluster, trials).await;
             cluster.stop();
             result
         }
@@ -317,8 +332,8 @@ impl Suite {
         if let Some(trials) = self.note("failover", outcome) {
             for t in &trials {
                 println!(
-                    "failover: partition {} leader node {} killed: {}",
-                    t.partition,
+                    "failover: group {} leader node {} killed: {}",
+                    t.group,
                     t.killed_node,
                     t.unavailable_ms
                         .map_or("no grant in time".to_string(), |ms| format!(
@@ -333,7 +348,7 @@ impl Suite {
     async fn footprint(&mut self) {
         let sample = self.config.footprint_sample();
         let outcome = async {
-            let mut cluster = Cluster::start(&self.config.bins.leasehold, 3, PARTITIONS)?;
+            let mut cluster = Cluster::start(&self.config.bins.leasehold, NODES, Layout::DEFAULT)?;
             let settle = Duration::from_secs(if self.config.smoke { 1 } else { 3 });
             let result = experiments::footprint(&cluster, sample, settle).await;
             cluster.stop();
@@ -350,5 +365,44 @@ impl Suite {
             );
             self.results.footprint = Some(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(smoke: bool) -> SuiteConfig {
+        SuiteConfig {
+            bins: Binaries {
+                leasehold: PathBuf::from("leasehold"),
+                redis_server: PathBuf::from("redis-server"),
+                etcd: PathBuf::from("etcd"),
+            },
+            out: PathBuf::from("out"),
+            targets: vec![TargetKind::Leasehold],
+            seconds: 1.0,
+            warmup: 0.0,
+            clients: 1,
+            smoke,
+            rounds: 1,
+        }
+    }
+
+    fn pairs(layouts: &[Layout]) -> Vec<(u32, u32)> {
+        layouts.iter().map(|l| (l.groups, l.slots)).collect()
+    }
+
+    #[test]
+    fn the_layout_sweep_varies_groups_then_slots_and_measures_the_default_once() {
+        assert_eq!(
+            pairs(&config(false).layout_sweep()),
+            [(1, 1024), (3, 1024), (6, 1024), (3, 256), (3, 4096)]
+        );
+    }
+
+    #[test]
+    fn the_smoke_layout_sweep_moves_each_knob_once() {
+        assert_eq!(pairs(&config(true).layout_sweep()), [(1, 1024), (3, 256)]);
     }
 }

@@ -7,7 +7,7 @@
 //! happen. Blank lines are skipped.
 //!
 //! ```json
-//! {"t_ns":1500000,"process":3,"kind":"invoke","op":{"f":"acquire","key":"c1","limit":2,"partition":0,"idem":"p3-17","ttl_ms":2000},"node":"n1","phase":"main"}
+//! {"t_ns":1500000,"process":3,"kind":"invoke","op":{"f":"acquire","key":"c1","limit":2,"slot":0,"idem":"p3-17","ttl_ms":2000},"node":"n1","phase":"main"}
 //! ```
 //!
 //! Every event has:
@@ -32,18 +32,22 @@
 //!   healed and every TTL passed: each op must succeed) or `"durability"`
 //!   (inspects after every node was killed with SIGKILL and restarted).
 //!
-//! Result fields are `null` or absent on invokes. Lease ids and fencing
-//! tokens are numbered per partition, so a lease is named by
-//! `(partition, lease)`. Keys name one constraint across the whole run.
+//! Result fields are `null` or absent on invokes. `slot` is the hash slot
+//! of the key (each key is its own scope): lease ids and fencing tokens
+//! are numbered per slot, so a lease is named by `(slot, lease)`, and
+//! tokens are ordered only among the grants of one slot. Keys name one
+//! constraint across the whole run. Histories written before slots name
+//! the field `partition` (a Raft group then, which numbered its own
+//! leases); it is read as `slot`.
 //!
 //! | `f` | request fields | result fields | ok / fail |
 //! | --- | --- | --- | --- |
-//! | `acquire` | `key`, `limit`, `partition`, `idem`, `ttl_ms`, `wait_ms`? | `lease`, `token`, `retry_after_ms`, `error` | ok: granted, `lease` and `token` set. fail with `error` null: denied, the key is full. fail with `error` set: a definite error, nothing happened |
-//! | `extend` | `key`, `limit`, `partition`, `idem`, `lease`, `ttl_ms` | `error` | ok: extended to now + `ttl_ms`. fail with `"lease_lost"`: the lease had already ended |
-//! | `release` | `key`, `limit`, `partition`, `idem`, `lease` | `was_held`, `error` | ok: released; `was_held` says whether it was still live |
-//! | `throttle` | `key`, `partition`, `idem`, `kind`?, `limit`, `period_ms`, `burst` | `token`, `error` | ok: admitted. fail with `error` null: denied by the rate |
-//! | `fenced` | `key`, `partition`, `access`, `token`, `read`? | `value`, `seq`, `error` | ok: the resource accepted the token. fail with `"stale_token"`: it had seen a larger one |
-//! | `inspect` | `key`, `partition` | `holders` | ok: `holders` lists the lease ids the server says hold `key` |
+//! | `acquire` | `key`, `limit`, `slot`, `idem`, `ttl_ms`, `wait_ms`? | `lease`, `token`, `retry_after_ms`, `error` | ok: granted, `lease` and `token` set. fail with `error` null: denied, the key is full. fail with `error` set: a definite error, nothing happened |
+//! | `extend` | `key`, `limit`, `slot`, `idem`, `lease`, `ttl_ms` | `error` | ok: extended to now + `ttl_ms`. fail with `"lease_lost"`: the lease had already ended |
+//! | `release` | `key`, `limit`, `slot`, `idem`, `lease` | `was_held`, `error` | ok: released; `was_held` says whether it was still live |
+//! | `throttle` | `key`, `slot`, `idem`, `kind`?, `limit`, `period_ms`, `burst` | `token`, `error` | ok: admitted. fail with `error` null: denied by the rate |
+//! | `fenced` | `key`, `slot`, `access`, `token`, `read`? | `value`, `seq`, `error` | ok: the resource accepted the token. fail with `"stale_token"`: it had seen a larger one |
+//! | `inspect` | `key`, `slot` | `holders` | ok: `holders` lists the lease ids the server says hold `key` |
 //! | `nemesis` | `name`, `action` (`"start"` or `"stop"`), `detail` | — | lone `info` events, process [`NEMESIS`] |
 //!
 //! A `throttle` op's `kind` names the spending constraint: `"gcra"` (the
@@ -178,8 +182,9 @@ pub struct Acquire {
     pub key: String,
     /// The concurrency limit the request carries.
     pub limit: u32,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// Idempotency key, shared by the retries of one operation.
     pub idem: String,
     /// Requested lease TTL.
@@ -203,8 +208,9 @@ pub struct Extend {
     pub key: String,
     /// The concurrency limit of the key.
     pub limit: u32,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// Idempotency key, shared by the retries of one operation.
     pub idem: String,
     /// The lease to extend.
@@ -222,8 +228,9 @@ pub struct Release {
     pub key: String,
     /// The concurrency limit of the key.
     pub limit: u32,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// Idempotency key, shared by the retries of one operation.
     pub idem: String,
     /// The lease to release.
@@ -239,8 +246,9 @@ pub struct Release {
 pub struct Throttle {
     /// The constraint key, unique across the run.
     pub key: String,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// Idempotency key, shared by the retries of one operation.
     pub idem: String,
     /// Which constraint admits; absent in older histories: GCRA.
@@ -273,8 +281,9 @@ pub enum ThrottleKind {
 pub struct Inspect {
     /// The constraint key, unique across the run.
     pub key: String,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// On ok: the lease ids the server reports holding `key`.
     pub holders: Option<Vec<u64>>,
 }
@@ -284,8 +293,9 @@ pub struct Inspect {
 pub struct Fenced {
     /// The key whose lease fences the resource; one resource per key.
     pub key: String,
-    /// The partition (Raft group) of the key.
-    pub partition: u32,
+    /// The hash slot of the key: the namespace of its lease ids and tokens.
+    #[serde(alias = "partition")]
+    pub slot: u32,
     /// Read or write.
     pub access: Access,
     /// The fencing token of the client's lease on `key`.
@@ -731,7 +741,7 @@ mod tests {
         Acquire {
             key: "c1".to_string(),
             limit: 2,
-            partition: 3,
+            slot: 3,
             idem: idem.to_string(),
             ttl_ms: 2000,
             lease,
@@ -746,7 +756,7 @@ mod tests {
         Release {
             key: "c1".to_string(),
             limit: 2,
-            partition: 3,
+            slot: 3,
             idem: idem.to_string(),
             lease: 7,
             was_held,
@@ -761,7 +771,7 @@ mod tests {
         let extend = Extend {
             key: "c1".to_string(),
             limit: 2,
-            partition: 3,
+            slot: 3,
             idem: "e1".to_string(),
             lease: 7,
             ttl_ms: 2000,
@@ -769,7 +779,7 @@ mod tests {
         };
         let throttle = Throttle {
             key: "t1".to_string(),
-            partition: 0,
+            slot: 0,
             idem: "t-1".to_string(),
             kind: ThrottleKind::Gcra,
             limit: 10,
@@ -780,7 +790,7 @@ mod tests {
         };
         let inspect = Inspect {
             key: "c1".to_string(),
-            partition: 3,
+            slot: 3,
             holders: Some(vec![7, 9]),
         };
         let nemesis = Nemesis {
@@ -841,7 +851,7 @@ mod tests {
 
     #[test]
     fn absent_optional_fields_take_their_defaults() {
-        let line = r#"{"t_ns":5,"process":2,"kind":"invoke","op":{"f":"acquire","key":"k","limit":1,"partition":0,"idem":"i","ttl_ms":10}}"#;
+        let line = r#"{"t_ns":5,"process":2,"kind":"invoke","op":{"f":"acquire","key":"k","limit":1,"slot":0,"idem":"i","ttl_ms":10}}"#;
         let history = History::parse_jsonl(format!("\n{line}\n\n").as_bytes()).unwrap();
         let e = &history.events[0];
         assert_eq!(e.phase, Phase::Main);
@@ -852,14 +862,16 @@ mod tests {
         assert_eq!((a.lease, a.wait_ms, &a.error), (None, None, &None));
     }
 
+    /// A line from before throttle kinds and before slots: no `kind`, and
+    /// `partition` where `slot` is now.
     #[test]
-    fn a_throttle_without_kind_is_gcra_and_kinds_round_trip() {
-        let old = r#"{"t_ns":5,"process":2,"kind":"ok","op":{"f":"throttle","key":"t","partition":0,"idem":"i","limit":2,"period_ms":1000,"burst":1,"token":4}}"#;
+    fn an_old_throttle_is_gcra_in_its_partition_and_kinds_round_trip() {
+        let old = r#"{"t_ns":5,"process":2,"kind":"ok","op":{"f":"throttle","key":"t","partition":3,"idem":"i","limit":2,"period_ms":1000,"burst":1,"token":4}}"#;
         let history = History::parse_jsonl(old.as_bytes()).unwrap();
         let Op::Throttle(t) = &history.events[0].op else {
             panic!("{history:?}")
         };
-        assert_eq!(t.kind, ThrottleKind::Gcra);
+        assert_eq!((t.kind, t.slot), (ThrottleKind::Gcra, 3));
 
         let rate_limit = Throttle {
             kind: ThrottleKind::RateLimit,
@@ -868,7 +880,7 @@ mod tests {
         };
         let fenced = Fenced {
             key: "f0".to_string(),
-            partition: 1,
+            slot: 1,
             access: Access::Write,
             token: 9,
             read: Some(4),
@@ -890,7 +902,7 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains(r#""kind":"rate_limit""#), "{text}");
         assert!(
-            text.contains(r#""f":"fenced","key":"f0","partition":1,"access":"write""#),
+            text.contains(r#""f":"fenced","key":"f0","slot":1,"access":"write""#),
             "{text}"
         );
         assert_eq!(History::parse_jsonl(text.as_bytes()).unwrap(), history);

@@ -1,4 +1,4 @@
-//! `partitions` and `status`: the cluster as its partition map and its
+//! `slots` and `status`: the cluster as its slot map and its
 //! nodes' own views (Peer.Digest) describe it.
 
 use std::time::Duration;
@@ -19,44 +19,57 @@ use super::{Connect, Report, EXIT_SERVER};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug)]
-pub struct PartitionsArgs {
+pub struct SlotsArgs {
     #[command(flatten)]
     pub connect: Connect,
 }
 
-pub async fn partitions(args: PartitionsArgs) -> Result<Report, Status> {
+pub async fn slots(args: SlotsArgs) -> Result<Report, Status> {
     let client = args.connect.client().await?;
-    Ok(partition_report(&client.partition_map().await?))
+    Ok(slot_report(&client.slot_map().await?))
 }
 
-fn partition_report(map: &v1::PartitionMap) -> Report {
-    let partitions = map.partitions.iter().map(|p| {
+fn slot_report(map: &v1::SlotMap) -> Report {
+    let groups = map.groups.iter().map(|g| {
         json!({
-            "partition_id": p.partition_id,
-            "replica_node_ids": p.replica_node_ids,
-            "leader_node_id": p.leader_node_id,
-            "leader_term": p.leader_term,
+            "group_id": g.group_id,
+            "slot_count": g.slot_count,
+            "replica_node_ids": g.replica_node_ids,
+            "leader_node_id": g.leader_node_id,
+            "leader_term": g.leader_term,
         })
     });
+    let ranges = map.slot_ranges.iter().map(
+        |r| json!({ "first_slot": r.first_slot, "last_slot": r.last_slot, "group_id": r.group_id }),
+    );
     let json = json!({
         "epoch": map.epoch,
-        "partition_count": map.partition_count,
+        "slot_count": map.slot_count,
         "hash_function": map.hash_function,
-        "partitions": partitions.collect::<Vec<_>>(),
+        "slot_ranges": ranges.collect::<Vec<_>>(),
+        "groups": groups.collect::<Vec<_>>(),
         "nodes": nodes_json(&map.nodes),
     });
-    let mut table = Table::new(&["partition", "replicas", "leader", "term"]);
-    for p in &map.partitions {
-        let replicas: Vec<String> = p.replica_node_ids.iter().map(u64::to_string).collect();
-        let leader = match p.leader_node_id {
+    let mut table = Table::new(&["group", "slots", "ranges", "replicas", "leader", "term"]);
+    for g in &map.groups {
+        let replicas: Vec<String> = g.replica_node_ids.iter().map(u64::to_string).collect();
+        let ranges: Vec<String> = map
+            .slot_ranges
+            .iter()
+            .filter(|r| r.group_id == g.group_id)
+            .map(|r| format!("{}-{}", r.first_slot, r.last_slot))
+            .collect();
+        let leader = match g.leader_node_id {
             0 => "none (election under way)".to_string(),
             id => id.to_string(),
         };
         table.row(vec![
-            p.partition_id.to_string(),
+            g.group_id.to_string(),
+            g.slot_count.to_string(),
+            ranges.join(","),
             replicas.join(","),
             leader,
-            p.leader_term.to_string(),
+            g.leader_term.to_string(),
         ]);
     }
     let mut nodes = Table::new(&["node", "address"]);
@@ -64,9 +77,10 @@ fn partition_report(map: &v1::PartitionMap) -> Report {
         nodes.row(vec![n.node_id.to_string(), n.grpc_address.clone()]);
     }
     let text = format!(
-        "epoch {}, {} partitions, hash {}\n\n{}\n{}",
+        "epoch {}, {} slots in {} groups, hash {}\n\n{}\n{}",
         map.epoch,
-        map.partition_count,
+        map.slot_count,
+        map.groups.len(),
         map.hash_function,
         table.render(),
         nodes.render()
@@ -95,7 +109,7 @@ struct NodeView {
 
 pub async fn status(args: StatusArgs) -> Result<Report, Status> {
     let client = args.connect.client().await?;
-    let map = client.partition_map().await?;
+    let map = client.slot_map().await?;
     let mut probes = tokio::task::JoinSet::new();
     for node in map.nodes.clone() {
         let timeout = args.connect.timeout();
@@ -120,8 +134,8 @@ async fn digest(address: &str, timeout: Duration) -> Result<Vec<GroupDigest>, St
     Ok(reply.into_inner().groups)
 }
 
-/// What `status` shows of one node's groups: partitions hosted and led
-/// (the metadata group aside), the highest partition term, and whether
+/// What `status` shows of one node's groups: data groups hosted and led
+/// (the metadata group aside), the highest data group term, and whether
 /// every group it hosts, the metadata group included, knows a leader.
 struct Summary {
     hosted: usize,
@@ -131,14 +145,11 @@ struct Summary {
 }
 
 fn summarise(node_id: u64, groups: &[GroupDigest]) -> Summary {
-    let partitions = groups.iter().filter(|g| g.group != META_GROUP);
+    let data = groups.iter().filter(|g| g.group != META_GROUP);
     Summary {
-        hosted: partitions.clone().count(),
-        leading: partitions
-            .clone()
-            .filter(|g| g.leader_node_id == node_id)
-            .count(),
-        max_term: partitions.map(|g| g.term).max().unwrap_or(0),
+        hosted: data.clone().count(),
+        leading: data.clone().filter(|g| g.leader_node_id == node_id).count(),
+        max_term: data.map(|g| g.term).max().unwrap_or(0),
         leaders_known: groups.iter().all(|g| g.leader_node_id != 0),
     }
 }
@@ -148,7 +159,7 @@ fn status_report(epoch: u64, views: &[NodeView]) -> Report {
         "node",
         "address",
         "state",
-        "partitions",
+        "groups",
         "leading",
         "max term",
         "leaders known",
@@ -169,7 +180,7 @@ fn status_report(epoch: u64, views: &[NodeView]) -> Report {
                 ]);
                 nodes.push(json!({
                     "node_id": id, "grpc_address": address, "reachable": true,
-                    "partitions_hosted": s.hosted, "partitions_led": s.leading,
+                    "groups_hosted": s.hosted, "groups_led": s.leading,
                     "max_term": s.max_term, "all_leaders_known": s.leaders_known,
                 }));
             }
@@ -211,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn summary_leaves_the_metadata_group_out_of_partition_counts() {
+    fn summary_leaves_the_metadata_group_out_of_group_counts() {
         let groups = [group(0, 1, 3), group(1, 2, 5), group(META_GROUP, 1, 9)];
         let s = summarise(1, &groups);
         assert_eq!((s.hosted, s.leading, s.max_term), (2, 1, 5));

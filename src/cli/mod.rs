@@ -1,11 +1,11 @@
-//! The operator's subcommands (`acquire`, `inspect`, `partitions`,
+//! The operator's subcommands (`acquire`, `inspect`, `slots`,
 //! `status`, ...): thin wrappers over [`leasehold::client`] that print
 //! aligned tables for people, or one JSON object with `--json`.
 //!
 //! - [`lease`]: acquire, extend, release, check.
 //! - [`keys`]: inspect, set-capacity, adjust-capacity.
 //! - [`admin`]: pause, resume, pin, unpin, reset.
-//! - [`cluster`]: partitions, status.
+//! - [`cluster`]: slots, status.
 //! - [`spec`]: constraint flags (`jobs=10`) parsed by clap.
 //! - [`render`], [`table`]: output shared by the commands.
 
@@ -29,7 +29,7 @@ use tonic::{Code, Status};
 
 /// The server refused the call, or (`status`) a node is unreachable.
 pub const EXIT_SERVER: u8 = 1;
-/// No node answered, or none led the scope's partition in time.
+/// No node answered, or none led the scope's group in time.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// The exit codes, for `leasehold --help`.
@@ -40,7 +40,7 @@ Exit codes:
      ErrorDetail.code), `status` found a node unreachable, or `serve`/`cluster` failed
   2  bad flags or a malformed constraint spec (the message names the flag),
      or an unusable `serve` configuration
-  3  the cluster is unreachable: no node answered, or none led the partition in time";
+  3  the cluster is unreachable: no node answered, or none led the scope's group in time";
 
 /// Where the cluster is and how to answer; every client subcommand takes these.
 #[derive(Args, Clone, Debug)]
@@ -104,9 +104,9 @@ pub enum Command {
     Unpin(admin::KeyArgs),
     /// Forget a key's usage: holders stop counting, buckets and windows empty
     Reset(admin::KeyArgs),
-    /// The partition map: each partition's replicas, leader and term
-    Partitions(cluster::PartitionsArgs),
-    /// Every node of the partition map: reachable, groups hosted and led, terms
+    /// The slot map: each group's slots, replicas, leader and term
+    Slots(cluster::SlotsArgs),
+    /// Every node of the slot map: reachable, groups hosted and led, terms
     Status(cluster::StatusArgs),
 }
 
@@ -141,7 +141,7 @@ impl Command {
                 &a.connect
             }
             Command::Pin(a) => &a.connect,
-            Command::Partitions(a) => &a.connect,
+            Command::Slots(a) => &a.connect,
             Command::Status(a) => &a.connect,
         }
     }
@@ -160,7 +160,7 @@ impl Command {
             Command::Pin(args) => admin::pin(args).await,
             Command::Unpin(args) => admin::act(args, KeyAction::Unpin).await,
             Command::Reset(args) => admin::act(args, KeyAction::Reset).await,
-            Command::Partitions(args) => cluster::partitions(args).await,
+            Command::Slots(args) => cluster::slots(args).await,
             Command::Status(args) => cluster::status(args).await,
         }
     }

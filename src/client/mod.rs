@@ -1,9 +1,9 @@
-//! The Rust client: routes every call straight to its partition's leader
-//! by the cached partition map, and hides leader changes.
+//! The Rust client: routes every call straight to the leader of its
+//! scope's group by the cached slot map, and hides leader changes.
 //!
-//! - Bootstraps from any seed node, caches the partition map, hashes the
-//!   scope with the documented function ([`crate::partition`]) and sends the
-//!   call to the partition's leader.
+//! - Bootstraps from any seed node, caches the slot map, hashes the scope
+//!   to its slot with the documented function ([`crate::slot`]) and sends
+//!   the call to the leader of the group that owns the slot.
 //! - On `NOT_LEADER`, `WRONG_EPOCH` or a lost connection it learns the new
 //!   leader (from the error's hint, or by refreshing the map) and retries
 //!   with the *same* idempotency key, with jittered backoff, until the
@@ -91,7 +91,7 @@ impl ClientConfig {
     }
 }
 
-/// A cloneable handle; clones share connections and the partition map.
+/// A cloneable handle; clones share connections and the slot map.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -237,7 +237,7 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 impl Client {
-    /// Connects to the cluster: fetches the partition map from the first
+    /// Connects to the cluster: fetches the slot map from the first
     /// seed that answers.
     pub async fn connect(config: ClientConfig) -> Result<Client, Status> {
         if config.seeds.is_empty() {
@@ -264,7 +264,7 @@ impl Client {
             Ok(map) => map?,
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "no seed answered with a partition map within {timeout:?}"
+                    "no seed answered with a slot map within {timeout:?}"
                 )))
             }
         };
@@ -387,12 +387,12 @@ impl Client {
         .await
     }
 
-    /// The partition map as last fetched.
-    pub async fn partition_map(&self) -> Result<v1::PartitionMap, Status> {
+    /// The slot map, fetched afresh.
+    pub async fn slot_map(&self) -> Result<v1::SlotMap, Status> {
         self.inner.router.refresh().await
     }
 
-    /// Sends `request` to the leader of `scope`'s partition, retrying
+    /// Sends `request` to the leader of `scope`'s group, retrying
     /// routing failures with the same request until the call's deadline.
     async fn call<Req, Resp, F, Fut>(
         &self,

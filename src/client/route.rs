@@ -1,4 +1,4 @@
-//! Where a call goes: the cached partition map, one channel and one
+//! Where a call goes: the cached slot map, one channel and one
 //! session stream per node, and the classification of failures into
 //! retryable and final.
 
@@ -13,9 +13,9 @@ use tonic::{Code, Status};
 
 use crate::convert::error_detail;
 use crate::mux::{Mux, MuxError, Tagged};
-use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
-use crate::proto::v1::{self, session_call, session_reply, GetPartitionMapRequest, ServedBy};
+use crate::proto::v1::{self, session_call, session_reply, GetSlotMapRequest, ServedBy};
+use crate::slot::{owner, slot_of, SlotRange};
 
 impl Tagged for v1::SessionReply {
     fn call_id(&self) -> u64 {
@@ -196,11 +196,20 @@ pub enum Failure {
 #[derive(Default)]
 struct Map {
     epoch: u64,
-    partition_count: u32,
-    /// Leader address per partition, when known.
-    leaders: Vec<Option<String>>,
+    slot_count: u32,
+    ranges: Vec<SlotRange>,
+    /// Where to send each group's calls.
+    groups: HashMap<u32, GroupRoute>,
     /// Node id → address.
     nodes: HashMap<u64, String>,
+}
+
+struct GroupRoute {
+    /// The leader's address, when known.
+    leader: Option<String>,
+    /// A replica's address, for when the leader is not known: it answers
+    /// NOT_LEADER with a hint, or forwards.
+    replica: Option<String>,
 }
 
 pub struct Router {
@@ -253,8 +262,8 @@ impl Router {
         Ok(ch)
     }
 
-    /// Fetches the partition map from any known node (seeds first).
-    pub async fn refresh(&self) -> Result<v1::PartitionMap, Status> {
+    /// Fetches the slot map from any known node (seeds first).
+    pub async fn refresh(&self) -> Result<v1::SlotMap, Status> {
         let mut candidates = self.seeds.clone();
         {
             let map = self.map.lock().expect("map");
@@ -267,9 +276,9 @@ impl Router {
         let mut last = Status::unavailable("no node was tried");
         for addr in candidates {
             let mut client = LeaseholdClient::new(self.channel(&addr)?);
-            let mut request = tonic::Request::new(GetPartitionMapRequest {});
+            let mut request = tonic::Request::new(GetSlotMapRequest {});
             request.set_timeout(self.attempt_timeout);
-            match client.get_partition_map(request).await {
+            match client.get_slot_map(request).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();
                     self.install(&reply);
@@ -279,14 +288,14 @@ impl Router {
             }
         }
         Err(Status::unavailable(format!(
-            "no node gave a partition map; last error: {}",
+            "no node gave a slot map; last error: {}",
             last.message()
         )))
     }
 
-    fn install(&self, fresh: &v1::PartitionMap) {
+    fn install(&self, fresh: &v1::SlotMap) {
         let mut map = self.map.lock().expect("map");
-        if fresh.epoch < map.epoch || fresh.partition_count == 0 {
+        if fresh.epoch < map.epoch || fresh.slot_count == 0 {
             return;
         }
         let nodes: HashMap<u64, String> = fresh
@@ -294,51 +303,60 @@ impl Router {
             .iter()
             .map(|n| (n.node_id, n.grpc_address.clone()))
             .collect();
-        let leaders = fresh
-            .partitions
+        let groups = fresh
+            .groups
             .iter()
-            .map(|p| nodes.get(&p.leader_node_id).cloned())
+            .map(|g| {
+                let route = GroupRoute {
+                    leader: nodes.get(&g.leader_node_id).cloned(),
+                    replica: g
+                        .replica_node_ids
+                        .first()
+                        .and_then(|id| nodes.get(id).cloned()),
+                };
+                (g.group_id, route)
+            })
             .collect();
         *map = Map {
             epoch: fresh.epoch,
-            partition_count: fresh.partition_count,
-            leaders,
+            slot_count: fresh.slot_count,
+            ranges: fresh
+                .slot_ranges
+                .iter()
+                .map(|r| SlotRange {
+                    first: r.first_slot,
+                    last: r.last_slot,
+                    group: r.group_id,
+                })
+                .collect(),
+            groups,
             nodes,
         };
     }
 
-    /// The partition of `scope` and where to send it: its leader if known,
-    /// else any node (which forwards).
+    /// The group of `scope` and where to send it: its leader if known,
+    /// else one of its replicas (which forwards), else a seed.
     fn target(&self, scope: &str) -> Option<(u32, String, u64)> {
         let map = self.map.lock().expect("map");
-        if map.partition_count == 0 {
+        if map.slot_count == 0 {
             return None;
         }
-        let partition = partition_of(scope, map.partition_count);
-        let addr = map
-            .leaders
-            .get(partition as usize)
-            .cloned()
-            .flatten()
-            .or_else(|| {
-                let n = map.nodes.len().max(1);
-                let mut ids: Vec<_> = map.nodes.keys().copied().collect();
-                ids.sort_unstable();
-                ids.get(partition as usize % n)
-                    .and_then(|id| map.nodes.get(id).cloned())
-            })
+        let group = owner(&map.ranges, slot_of(scope, map.slot_count))?;
+        let route = map.groups.get(&group);
+        let addr = route
+            .and_then(|r| r.leader.clone().or_else(|| r.replica.clone()))
             .or_else(|| self.seeds.first().cloned())?;
-        Some((partition, addr, map.epoch))
+        Some((group, addr, map.epoch))
     }
 
-    fn set_leader(&self, partition: u32, leader: Option<String>) {
+    fn set_leader(&self, group: u32, leader: Option<String>) {
         let mut map = self.map.lock().expect("map");
-        if let Some(slot) = map.leaders.get_mut(partition as usize) {
-            *slot = leader;
+        if let Some(route) = map.groups.get_mut(&group) {
+            route.leader = leader;
         }
     }
 
-    fn learn(&self, partition: u32, served_by: &ServedBy) {
+    fn learn(&self, group: u32, served_by: &ServedBy) {
         let addr = {
             let map = self.map.lock().expect("map");
             if served_by.epoch > map.epoch {
@@ -348,9 +366,9 @@ impl Router {
             }
         };
         match addr {
-            Some(addr) => self.set_leader(partition, Some(addr)),
+            Some(addr) => self.set_leader(group, Some(addr)),
             // A newer map exists: the next call refreshes it.
-            None => self.set_leader(partition, None),
+            None => self.set_leader(group, None),
         }
     }
 
@@ -368,11 +386,9 @@ impl Router {
         F: Fn(Conn, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Status>>,
     {
-        let Some((partition, addr, epoch)) = self.target(scope) else {
+        let Some((group, addr, epoch)) = self.target(scope) else {
             self.refresh().await.map_err(Failure::Retry)?;
-            return Err(Failure::Retry(Status::unavailable(
-                "fetched the partition map",
-            )));
+            return Err(Failure::Retry(Status::unavailable("fetched the slot map")));
         };
         let channel = self.channel(&addr).map_err(Failure::Final)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -385,7 +401,7 @@ impl Router {
         match send(conn, request).await {
             Ok(reply) => {
                 if let Some(served_by) = reply.served_by() {
-                    self.learn(partition, served_by);
+                    self.learn(group, served_by);
                     if served_by.epoch > epoch {
                         // Best effort: a failure here only means the next
                         // call refreshes again.
@@ -394,22 +410,22 @@ impl Router {
                 }
                 Ok(reply)
             }
-            Err(status) => Err(self.classify(partition, status).await),
+            Err(status) => Err(self.classify(group, status).await),
         }
     }
 
-    async fn classify(&self, partition: u32, status: Status) -> Failure {
+    async fn classify(&self, group: u32, status: Status) -> Failure {
         match error_detail(&status) {
             Some(d) if d.code == "NOT_LEADER" => {
                 let hint = (!d.leader_address.is_empty()).then(|| d.leader_address.clone());
                 if hint.is_none() {
                     let _ = self.refresh().await;
                 }
-                self.set_leader(partition, hint);
+                self.set_leader(group, hint);
                 Failure::Retry(status)
             }
             Some(d) if d.code == "WRONG_EPOCH" => {
-                self.set_leader(partition, None);
+                self.set_leader(group, None);
                 let _ = self.refresh().await;
                 Failure::Retry(status)
             }
@@ -418,7 +434,7 @@ impl Router {
                 // The node is gone or overloaded, or the attempt timed out
                 // (a mutating call may have applied: the retry replays it).
                 Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
-                    self.set_leader(partition, None);
+                    self.set_leader(group, None);
                     let _ = self.refresh().await;
                     Failure::Retry(status)
                 }

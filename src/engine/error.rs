@@ -33,7 +33,7 @@ pub enum EngineError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
 
-    /// No lease with this id was ever granted in this scope's partition, or
+    /// No lease with this id was ever granted in this scope's slot, or
     /// it is a live lease of another scope. (Once a lease has ended, its
     /// scope is forgotten: any scope then gets `LeaseLost`.)
     #[error("lease_id: no lease {lease_id} in this scope")]

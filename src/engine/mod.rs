@@ -25,18 +25,25 @@ pub use types::*;
 
 use constraint::View;
 
-/// Settings every replica of a partition must share.
+use crate::slot::{self, Slot};
+
+/// Settings every replica of a group must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     /// How long an idempotency record outlives what it recorded (for an
     /// acquire: the end of its lease).
     pub dedup_window_ms: u64,
+    /// The cluster's hash slots (fixed at creation): a lease id carries its
+    /// scope's slot, and each slot counts its own grants (see
+    /// [`crate::slot::lease_id`]).
+    pub slot_count: u32,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
+            slot_count: crate::slot::SLOT_COUNT_DEFAULT,
         }
     }
 }
@@ -129,9 +136,6 @@ impl<S: Store> Engine<S> {
         let now_ms = meta.applied_ms.max(stamp_ms);
         assert!(now_ms >= meta.applied_ms, "applied time never decreases");
         meta.applied_ms = now_ms;
-        if meta.next_lease_id == 0 {
-            meta.next_lease_id = 1;
-        }
         self.store.set_meta(meta);
         now_ms
     }
@@ -364,10 +368,10 @@ impl<S: Store> Engine<S> {
             Evaluation::Deny(denial) => return Outcome::Denied(denial),
         };
         let constraints = governed.constraints;
-        let mut meta = self.store.meta();
-        let lease_id = meta.next_lease_id;
-        meta.next_lease_id += 1;
-        self.store.set_meta(meta);
+        let slot = self.slot_of(&r.scope);
+        let seq = self.store.next_lease_seq(slot);
+        self.store.set_next_lease_seq(slot, seq + 1);
+        let lease_id = slot::lease_id(slot, seq);
         let expires_at_ms = now_ms + r.lease_ttl_ms;
         let mut holds = Vec::new();
         let mut usage = Vec::with_capacity(ids.len());
@@ -457,9 +461,20 @@ impl<S: Store> Engine<S> {
                 Err(EngineError::LeaseNotFound { lease_id })
             }
             Some(lease) => Ok(Some(lease)),
-            None if lease_id < self.store.meta().next_lease_id => Ok(None),
+            None if self.was_granted(lease_id) => Ok(None),
             None => Err(EngineError::LeaseNotFound { lease_id }),
         }
+    }
+
+    /// Whether `lease_id` was ever granted here: its slot's counter has
+    /// passed it.
+    fn was_granted(&self, lease_id: LeaseId) -> bool {
+        let (slot, seq) = slot::split_lease_id(lease_id);
+        seq > 0 && seq < self.store.next_lease_seq(slot)
+    }
+
+    fn slot_of(&self, scope: &str) -> Slot {
+        slot::slot_of(scope, self.config.slot_count)
     }
 
     fn extend(&mut self, r: &ExtendRequest, now_ms: u64) -> Result<Outcome> {

@@ -10,18 +10,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Holder, KeyAdmin, Kind, LeaseId};
+use crate::slot::Slot;
 
 /// Hash maps keyed by client-chosen strings: a fast hasher, seeded per
 /// process so crafted keys cannot aim at collisions.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Partition-wide counters.
+/// Group-wide counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The latest applied time; never decreases.
     pub applied_ms: u64,
-    /// The id (and fencing token) of the partition's next grant.
-    pub next_lease_id: LeaseId,
 }
 
 /// A 128-bit XXH3 of length-prefixed parts after a domain byte. Records are
@@ -244,6 +243,10 @@ pub trait Store {
     fn meta(&self) -> Meta;
     fn set_meta(&mut self, meta: Meta);
 
+    /// The counter of `slot`'s next grant: 1 for a slot that never granted.
+    fn next_lease_seq(&self, slot: Slot) -> u64;
+    fn set_next_lease_seq(&mut self, slot: Slot, seq: u64);
+
     fn key(&self, id: &KeyId) -> Option<&KeyRecord>;
     fn key_mut(&mut self, id: &KeyId) -> Option<&mut KeyRecord>;
     fn insert_key(&mut self, id: KeyId, record: KeyRecord);
@@ -280,6 +283,8 @@ pub trait Store {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemStore {
     meta: Meta,
+    /// Next grant counter of every slot that has granted.
+    lease_seqs: BTreeMap<Slot, u64>,
     keys: HashMap<KeyId, KeyRecord>,
     leases: HashMap<LeaseId, Lease>,
     dedup: HashMap<DedupKey, DedupRecord>,
@@ -413,6 +418,7 @@ impl Eq for Deadlines {}
 #[derive(Serialize, Deserialize)]
 struct Canonical {
     meta: Meta,
+    lease_seqs: BTreeMap<Slot, u64>,
     keys: BTreeMap<KeyId, KeyRecord>,
     leases: BTreeMap<LeaseId, Lease>,
     dedup: BTreeMap<DedupKey, DedupRecord>,
@@ -430,6 +436,7 @@ impl MemStore {
     pub fn encode(&self) -> Vec<u8> {
         let canonical = Canonical {
             meta: self.meta,
+            lease_seqs: self.lease_seqs.clone(),
             keys: self.keys.iter().map(|(k, v)| (*k, v.clone())).collect(),
             leases: self.leases.iter().map(|(k, v)| (*k, v.clone())).collect(),
             dedup: self.dedup.iter().map(|(k, v)| (*k, v.clone())).collect(),
@@ -443,6 +450,7 @@ impl MemStore {
         let c: Canonical = postcard::from_bytes(bytes)?;
         Ok(Self {
             meta: c.meta,
+            lease_seqs: c.lease_seqs,
             keys: c.keys.into_iter().collect(),
             leases: c.leases.into_iter().collect(),
             dedup: c.dedup.into_iter().collect(),
@@ -485,6 +493,14 @@ impl Store for MemStore {
     }
     fn set_meta(&mut self, meta: Meta) {
         self.meta = meta;
+    }
+
+    fn next_lease_seq(&self, slot: Slot) -> u64 {
+        self.lease_seqs.get(&slot).copied().unwrap_or(1)
+    }
+
+    fn set_next_lease_seq(&mut self, slot: Slot, seq: u64) {
+        self.lease_seqs.insert(slot, seq);
     }
 
     fn key(&self, id: &KeyId) -> Option<&KeyRecord> {

@@ -350,8 +350,11 @@ fn run_read(
 fn run_file(path: &Path) {
     let text = std::fs::read_to_string(path).expect("read testdata");
     let blocks = parse(&text);
+    // One slot: every scope's lease ids are its slot's plain counter, so
+    // the scripts read `lease=3`, not the slot in the high bits.
     let config = EngineConfig {
         dedup_window_ms: 10_000,
+        slot_count: 1,
     };
     let mut engine = Engine::new(MemStore::new(), config);
     let rewrite = std::env::var_os("LEASEHOLD_REWRITE").is_some();

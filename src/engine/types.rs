@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identifies a lease inside its partition. Allocated from a per-partition
-/// counter, so ids are never reused.
+/// Identifies a lease: its scope's slot and the slot's grant counter (see
+/// [`crate::slot::lease_id`]), so ids are never reused.
 pub type LeaseId = u64;
 
 /// The kind of a constraint. Part of a key's identity: the same key string
@@ -237,7 +237,8 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub lease_id: LeaseId,
-    /// Strictly increasing across the grants of one partition.
+    /// Strictly increasing across the grants of one slot, and so of one
+    /// scope; the lease id.
     pub fencing_token: u64,
     pub granted_amount: u32,
     pub granted_at_ms: u64,

@@ -1,103 +1,150 @@
-//! The metadata group's state: the cluster's partition map.
+//! The metadata group's state: the cluster's slot map.
 //!
 //! Every node hosts the metadata group's state machine (the same
-//! [`super::StateMachine`] as partitions, fed [`MetaCommand`]s instead of
-//! engine commands). It records which nodes replicate each partition and,
-//! as hints for routing, who last led each one. The epoch counts changes of
-//! placement, never of leadership: a client whose map has an older epoch
-//! may route to nodes that no longer host a partition.
+//! [`super::StateMachine`] as data groups, fed [`MetaCommand`]s instead of
+//! engine commands). It records which group owns each hash slot (as
+//! contiguous ranges), which nodes replicate each group and, as hints for
+//! routing, who last led each one. The epoch counts changes of placement,
+//! never of leadership: a client whose map has an older epoch may route to
+//! groups or nodes that no longer own a slot.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{GroupId, NodeId};
+pub use crate::slot::SlotRange;
+use crate::slot::{owner, slot_of, Slot};
 
-/// The metadata group's id; partitions are `0..partition_count`.
+/// The metadata group's id; data groups are `0..group_count`.
 pub const META_GROUP: GroupId = GroupId::MAX;
 
-/// A change to the partition map.
+/// A change to the slot map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// The cluster's first map. Applied only to an empty map, so every node
     /// may propose it on bootstrap and the first one wins.
-    Init(PartitionMap),
-    /// `node` leads `partition` in `term`. Ignored unless `term` is at least
+    Init(SlotMap),
+    /// `node` leads `group` in `term`. Ignored unless `term` is at least
     /// the recorded one, so a late hint never hides a newer leader.
     LeaderHint {
-        partition: GroupId,
+        group: GroupId,
         node: NodeId,
         term: u64,
     },
 }
 
-/// Where partitions live. `epoch` 0 means not yet initialised.
+/// Where slots and groups live. `epoch` 0 means not yet initialised.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionMap {
+pub struct SlotMap {
     pub epoch: u64,
-    pub partition_count: u32,
+    /// The modulus of the scope hash; slots are `0..slot_count`.
+    pub slot_count: u32,
     /// Node id → the address peers and clients dial.
     pub nodes: BTreeMap<NodeId, String>,
-    /// Indexed by partition id.
-    pub partitions: Vec<PartitionPlacement>,
+    /// Which group owns each slot: contiguous ranges in slot order that
+    /// cover `0..slot_count` exactly.
+    pub ranges: Vec<SlotRange>,
+    /// Every data group.
+    pub groups: BTreeMap<GroupId, GroupPlacement>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionPlacement {
+pub struct GroupPlacement {
     pub replicas: Vec<NodeId>,
+    /// The replica meant to lead when all are up.
+    pub preferred_leader: NodeId,
     /// The last leader reported, 0 if none yet.
     pub leader: NodeId,
     pub leader_term: u64,
 }
 
-impl PartitionMap {
-    /// The initial placement: partition `p` on `rf` consecutive nodes of
-    /// the sorted member list starting at `p mod n`, so leaders and load
-    /// spread evenly.
+impl SlotMap {
+    /// The initial placement: `group_count` groups, group `g` owning the
+    /// `g`-th of equal contiguous slot ranges and replicated on `rf`
+    /// consecutive nodes of the sorted member list starting at `g mod n`,
+    /// that first node its preferred leader, so leaders and load spread
+    /// evenly.
+    ///
+    /// # Panics
+    /// If there are no nodes, or `group_count` is 0 or above `slot_count`.
     pub fn initial(
         nodes: BTreeMap<NodeId, String>,
-        partition_count: u32,
+        slot_count: u32,
+        group_count: u32,
         replication_factor: u32,
-    ) -> PartitionMap {
+    ) -> SlotMap {
+        assert!(!nodes.is_empty(), "a cluster has at least one node");
+        assert!(
+            (1..=slot_count).contains(&group_count),
+            "every group owns at least one slot"
+        );
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
-        let rf = (replication_factor as usize).clamp(1, ids.len().max(1));
-        let partitions = (0..partition_count as usize)
-            .map(|p| {
-                let mut replicas: Vec<NodeId> = (0..rf).map(|i| ids[(p + i) % ids.len()]).collect();
-                replicas.sort_unstable();
-                PartitionPlacement {
-                    replicas,
-                    leader: 0,
-                    leader_term: 0,
-                }
-            })
-            .collect();
-        PartitionMap {
-            epoch: 1,
-            partition_count,
-            nodes,
-            partitions,
+        let rf = (replication_factor as usize).clamp(1, ids.len());
+        let mut groups = BTreeMap::new();
+        let mut ranges = Vec::with_capacity(group_count as usize);
+        for g in 0..group_count {
+            let first = start_of(g, slot_count, group_count);
+            let last = start_of(g + 1, slot_count, group_count) - 1;
+            ranges.push(SlotRange {
+                first,
+                last,
+                group: g,
+            });
+            let at = g as usize % ids.len();
+            let mut replicas: Vec<NodeId> = (0..rf).map(|i| ids[(at + i) % ids.len()]).collect();
+            replicas.sort_unstable();
+            let placement = GroupPlacement {
+                replicas,
+                preferred_leader: ids[at],
+                leader: 0,
+                leader_term: 0,
+            };
+            groups.insert(g, placement);
         }
-    }
-
-    /// The replica meant to lead `partition` when all are up: the first
-    /// of its placement, so each node leads about `1/n` of the partitions.
-    pub fn preferred_leader(&self, partition: GroupId) -> Option<NodeId> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let preferred = *ids.get(partition as usize % ids.len().max(1))?;
-        self.replicas(partition)
-            .contains(&preferred)
-            .then_some(preferred)
+        SlotMap {
+            epoch: 1,
+            slot_count,
+            nodes,
+            ranges,
+            groups,
+        }
     }
 
     pub fn is_initialized(&self) -> bool {
         self.epoch > 0
     }
 
-    pub fn replicas(&self, partition: GroupId) -> &[NodeId] {
-        self.partitions
-            .get(partition as usize)
-            .map_or(&[], |p| p.replicas.as_slice())
+    /// The group that owns `slot`; `None` before the map is initialised or
+    /// for a slot out of range.
+    pub fn group_of(&self, slot: Slot) -> Option<GroupId> {
+        owner(&self.ranges, slot)
+    }
+
+    /// The slot of `scope` and the group that owns it.
+    pub fn locate(&self, scope: &str) -> Option<(Slot, GroupId)> {
+        if !self.is_initialized() {
+            return None;
+        }
+        let slot = slot_of(scope, self.slot_count);
+        Some((slot, self.group_of(slot)?))
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<&GroupPlacement> {
+        self.groups.get(&group)
+    }
+
+    pub fn replicas(&self, group: GroupId) -> &[NodeId] {
+        self.group(group).map_or(&[], |p| p.replicas.as_slice())
+    }
+
+    /// Slots `group` owns.
+    pub fn slots_of(&self, group: GroupId) -> u32 {
+        self.ranges
+            .iter()
+            .filter(|r| r.group == group)
+            .map(|r| r.last - r.first + 1)
+            .sum()
     }
 
     pub fn apply(&mut self, cmd: &MetaCommand) {
@@ -107,12 +154,8 @@ impl PartitionMap {
                     *self = map.clone();
                 }
             }
-            MetaCommand::LeaderHint {
-                partition,
-                node,
-                term,
-            } => {
-                if let Some(p) = self.partitions.get_mut(*partition as usize) {
+            MetaCommand::LeaderHint { group, node, term } => {
+                if let Some(p) = self.groups.get_mut(group) {
                     if *term >= p.leader_term {
                         p.leader = *node;
                         p.leader_term = *term;
@@ -121,6 +164,11 @@ impl PartitionMap {
             }
         }
     }
+}
+
+/// The first slot of the `g`-th of `groups` equal ranges of `slots`.
+fn start_of(g: u32, slots: u32, groups: u32) -> Slot {
+    (u64::from(g) * u64::from(slots) / u64::from(groups)) as Slot
 }
 
 #[cfg(test)]
@@ -134,18 +182,18 @@ mod tests {
     }
 
     #[test]
-    fn placement_spreads_partitions_over_consecutive_nodes() {
-        let map = PartitionMap::initial(nodes(5), 5, 3);
+    fn placement_spreads_groups_over_consecutive_nodes() {
+        let map = SlotMap::initial(nodes(5), 1024, 5, 3);
         assert_eq!(map.replicas(0), &[1, 2, 3]);
         assert_eq!(map.replicas(3), &[1, 4, 5]);
         assert_eq!(map.replicas(4), &[1, 2, 5]);
-        let preferred: Vec<_> = (0..5).map(|p| map.preferred_leader(p)).collect();
-        assert_eq!(preferred, [1, 2, 3, 4, 5].map(Some));
-        // Each node hosts rf/n of the partitions.
+        let preferred: Vec<_> = map.groups.values().map(|g| g.preferred_leader).collect();
+        assert_eq!(preferred, [1, 2, 3, 4, 5]);
+        // Each node hosts rf/n of the groups.
         for node in 1..=5 {
             let hosted = map
-                .partitions
-                .iter()
+                .groups
+                .values()
                 .filter(|p| p.replicas.contains(&node))
                 .count();
             assert_eq!(hosted, 3, "node {node}");
@@ -153,37 +201,66 @@ mod tests {
     }
 
     #[test]
+    fn ranges_cover_every_slot_once_in_near_equal_parts() {
+        for (slots, groups) in [(1024, 3), (1, 1), (7, 7), (4096, 6), (65_536, 1)] {
+            let map = SlotMap::initial(nodes(3), slots, groups, 3);
+            assert_eq!(map.ranges.first().map(|r| r.first), Some(0));
+            assert_eq!(map.ranges.last().map(|r| r.last), Some(slots - 1));
+            for w in map.ranges.windows(2) {
+                assert_eq!(w[0].last + 1, w[1].first, "{slots} slots, {groups} groups");
+            }
+            let sizes: Vec<u32> = (0..groups).map(|g| map.slots_of(g)).collect();
+            assert_eq!(sizes.iter().sum::<u32>(), slots);
+            let (min, max) = (sizes.iter().min(), sizes.iter().max());
+            assert!(max.unwrap() - min.unwrap() <= 1, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn group_of_finds_the_owner_of_every_slot() {
+        let map = SlotMap::initial(nodes(3), 1024, 3, 3);
+        assert_eq!(map.group_of(0), Some(0));
+        assert_eq!(map.group_of(340), Some(0));
+        assert_eq!(map.group_of(341), Some(1));
+        assert_eq!(map.group_of(682), Some(2));
+        assert_eq!(map.group_of(1023), Some(2));
+        assert_eq!(map.group_of(1024), None);
+        assert_eq!(SlotMap::default().locate("a"), None);
+        let (slot, group) = map.locate("tenant-7").expect("initialised");
+        assert_eq!(slot, slot_of("tenant-7", 1024));
+        assert_eq!(map.group_of(slot), Some(group));
+    }
+
+    #[test]
     fn replication_is_capped_by_node_count() {
-        let map = PartitionMap::initial(nodes(2), 3, 3);
-        assert!(map.partitions.iter().all(|p| p.replicas == [1, 2]));
+        let map = SlotMap::initial(nodes(2), 16, 3, 3);
+        assert!(map.groups.values().all(|p| p.replicas == [1, 2]));
     }
 
     #[test]
     fn init_applies_once_and_hints_never_go_back() {
-        let mut map = PartitionMap::default();
-        map.apply(&MetaCommand::Init(PartitionMap::initial(nodes(3), 2, 3)));
-        let other = PartitionMap::initial(nodes(1), 9, 1);
+        let mut map = SlotMap::default();
+        map.apply(&MetaCommand::Init(SlotMap::initial(nodes(3), 64, 2, 3)));
+        let other = SlotMap::initial(nodes(1), 9, 9, 1);
         map.apply(&MetaCommand::Init(other));
-        assert_eq!(map.partition_count, 2);
+        assert_eq!((map.slot_count, map.groups.len()), (64, 2));
 
         let hint = |node, term| MetaCommand::LeaderHint {
-            partition: 1,
+            group: 1,
             node,
             term,
         };
+        let leader = |map: &SlotMap| (map.groups[&1].leader, map.groups[&1].leader_term);
         map.apply(&hint(2, 5));
         map.apply(&hint(3, 4));
-        assert_eq!(
-            (map.partitions[1].leader, map.partitions[1].leader_term),
-            (2, 5)
-        );
+        assert_eq!(leader(&map), (2, 5));
         map.apply(&hint(3, 6));
-        assert_eq!(map.partitions[1].leader, 3);
+        assert_eq!(leader(&map), (3, 6));
         map.apply(&MetaCommand::LeaderHint {
-            partition: 7,
+            group: 7,
             node: 1,
             term: 9,
         });
-        assert_eq!(map.partitions.len(), 2);
+        assert_eq!(map.groups.len(), 2);
     }
 }

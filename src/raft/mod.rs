@@ -9,7 +9,7 @@
 //! - [`log_store`]: openraft's log storage for one group.
 //! - [`state_machine`]: openraft's state machine for one group: the engine
 //!   in memory, checkpoints and snapshots in RocksDB.
-//! - [`meta`]: the metadata group's state, the partition map.
+//! - [`meta`]: the metadata group's state, the slot map.
 
 pub mod db;
 pub mod group_commit;
@@ -24,6 +24,6 @@ mod tests;
 pub use db::{DbError, RaftDb};
 pub use group_commit::SyncCounts;
 pub use log_store::LogStore;
-pub use meta::{MetaCommand, PartitionMap, META_GROUP};
+pub use meta::{GroupPlacement, MetaCommand, SlotMap, SlotRange, META_GROUP};
 pub use state_machine::{EngineHandle, SnapshotBuilder, StateMachine};
 pub use types::{GroupId, NodeId, Request, Response, TypeConfig};

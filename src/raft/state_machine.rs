@@ -20,7 +20,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::db::{self, DbError, RaftDb, CF_STATE, TAG_CHECKPOINT, TAG_SNAPSHOT};
-use super::meta::PartitionMap;
+use super::meta::SlotMap;
 use super::types::{
     Entry, GroupId, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
@@ -55,8 +55,8 @@ struct Checkpoint {
     membership: StoredMembership,
     /// [`MemStore::encode`].
     engine: Vec<u8>,
-    /// The partition map (the metadata group; empty elsewhere).
-    map: PartitionMap,
+    /// The slot map (the metadata group; empty elsewhere).
+    map: SlotMap,
 }
 
 /// A snapshot as kept in the `state` column family.
@@ -76,7 +76,7 @@ struct StoredSnapshotRef<'a> {
 
 struct State {
     engine: Engine<MemStore>,
-    map: PartitionMap,
+    map: SlotMap,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -86,7 +86,7 @@ impl State {
         let Some(ck) = checkpoint else {
             return Ok(State {
                 engine: Engine::new(MemStore::new(), config),
-                map: PartitionMap::default(),
+                map: SlotMap::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
             });
@@ -172,8 +172,8 @@ impl EngineHandle {
         self.read_state().last_applied
     }
 
-    /// The partition map as of the last applied entry (the metadata group).
-    pub fn partition_map(&self) -> PartitionMap {
+    /// The slot map as of the last applied entry (the metadata group).
+    pub fn slot_map(&self) -> SlotMap {
         self.read_state().map.clone()
     }
 }

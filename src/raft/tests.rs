@@ -61,10 +61,12 @@ fn acquire(key: &str, idempotency_key: &str) -> Command {
     })
 }
 
-fn release(lease_id: u64, idempotency_key: &str) -> Command {
+/// A release of the `n`-th lease granted in scope `acct`.
+fn release(n: u64, idempotency_key: &str) -> Command {
+    let slot = crate::slot::slot_of("acct", EngineConfig::default().slot_count);
     Command::Release(ReleaseRequest {
         scope: "acct".into(),
-        lease_id,
+        lease_id: crate::slot::lease_id(slot, n),
         idempotency_key: idempotency_key.into(),
     })
 }

@@ -1,4 +1,4 @@
-//! What the Raft log of a partition carries: batches of engine commands in,
+//! What the Raft log of a group carries: batches of engine commands in,
 //! one result per command out.
 
 use std::io::Cursor;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::meta::MetaCommand;
 use crate::engine::{Applied, Command, EngineError, LeaseId};
 
-/// A Raft group on this node: a partition id, or the metadata group's id.
+/// A Raft group on this node: a data group id, or the metadata group's id.
 pub type GroupId = u32;
 
 /// The Raft node id of a leasehold node.
@@ -36,14 +36,14 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 /// One Raft entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// A partition's client commands, batched by the leader and applied in
-    /// order at the leader's stamp, so many commands share one round of
-    /// consensus.
+    /// A data group's client commands, of any of its slots, batched by
+    /// the leader and applied in order at the leader's stamp, so many
+    /// commands share one round of consensus.
     Engine {
         stamp_ms: u64,
         commands: Vec<Command>,
     },
-    /// A change to the partition map (the metadata group only).
+    /// A change to the slot map (the metadata group only).
     Meta(MetaCommand),
 }
 

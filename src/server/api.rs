@@ -1,5 +1,5 @@
-//! The public `leasehold.v1` service: routes each call to its partition's
-//! leader (executing it here, or forwarding it), and answers with who
+//! The public `leasehold.v1` service: routes each call to the leader of
+//! its scope's group (executing it here, or forwarding it), and answers with who
 //! served it.
 
 use std::future::Future;
@@ -25,22 +25,21 @@ use crate::limits::{
     WAITER_OVERHEAD_BYTES, WAIT_MS_MAX,
 };
 use crate::mux::{self, Replies};
-use crate::partition::partition_of;
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::leasehold_server::Leasehold;
 use crate::proto::v1::{self, constraint, session_call, session_reply, ServedBy};
-use crate::raft::{GroupId, NodeId, PartitionMap};
+use crate::raft::{GroupId, NodeId, SlotMap};
 
 /// Metadata key counting how often a call was forwarded. A forwarded call
 /// is never forwarded again: a node that cannot serve it answers
 /// NOT_LEADER with a hint instead, so views that disagree cannot loop.
 const HOPS_HEADER: &str = "leasehold-hops";
 
-/// Metadata key a client may set to the epoch of the partition map it
+/// Metadata key a client may set to the epoch of the slot map it
 /// routed by.
 pub const EPOCH_HEADER: &str = "leasehold-epoch";
 
-/// How long a call may wait for its partition to have a reachable leader,
+/// How long a call may wait for its group to have a reachable leader,
 /// unless the caller's own deadline is shorter.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -190,13 +189,14 @@ impl Api {
         queue_name(&request.scope, kind, key)
     }
 
-    /// An acquire that waits for capacity, on the partition's leader: in
-    /// its key's FIFO turn, it retries whenever capacity may have freed (or
-    /// a throttle's admission time comes) until granted or out of time.
+    /// An acquire that waits for capacity, on its group's leader: in its
+    /// key's FIFO turn, it retries whenever capacity may have freed (or a
+    /// throttle's admission time comes) until granted or out of time.
+    /// `served_by` is what every reply says of who served it.
     async fn wait_here(
         &self,
         group: Arc<super::group::Group>,
-        epoch: u64,
+        served_by: ServedBy,
         message: v1::AcquireRequest,
         acquire: engine::AcquireRequest,
         wait: Duration,
@@ -229,7 +229,7 @@ impl Api {
             loop {
                 if !group.is_leader() {
                     let hint = group.leader_hint(group.leader().0);
-                    return Err(not_leader(group.id, hint, epoch));
+                    return Err(not_leader(group.id, hint, served_by.epoch));
                 }
                 let changed = group.capacity_changed.notified();
                 tokio::pin!(changed);
@@ -258,7 +258,7 @@ impl Api {
                 }
                 let had_turn = turn.is_some();
                 let reply = self
-                    .propose_waiting(&group, epoch, &name, &acquire, turn.take())
+                    .propose_waiting(&group, served_by, &name, &acquire, turn.take())
                     .await?;
                 let denied = matches!(reply.result, Some(v1::acquire_response::Result::Denied(_)));
                 if !denied || !had_turn || tokio::time::Instant::now() >= deadline {
@@ -285,7 +285,7 @@ impl Api {
     async fn propose_waiting(
         &self,
         group: &super::group::Group,
-        epoch: u64,
+        served_by: ServedBy,
         name: &str,
         acquire: &engine::AcquireRequest,
         turn: Option<Turn>,
@@ -302,19 +302,17 @@ impl Api {
         match applied {
             Ok(Ok(applied)) => {
                 let mut reply = acquire_reply(applied)?;
-                reply.served_by = Some(ServedBy {
-                    partition_id: group.id,
-                    leader_node_id: self.node.id,
-                    epoch,
-                });
+                reply.served_by = Some(served_by);
                 Ok(reply)
             }
             Ok(Err(e)) => Err(e.into()),
             // The acquire may have applied: the client's retry through the
             // new leader replays it by its idempotency key.
-            Err(ProposeError::NotLeader(leader)) => {
-                Err(not_leader(group.id, group.leader_hint(leader), epoch))
-            }
+            Err(ProposeError::NotLeader(leader)) => Err(not_leader(
+                group.id,
+                group.leader_hint(leader),
+                served_by.epoch,
+            )),
             Err(ProposeError::Stopped(why)) => Err(Status::unavailable(why)),
         }
     }
@@ -373,7 +371,7 @@ impl Api {
         request: Request<C>,
         exec: impl FnOnce(&C) -> Result<Exec<C::Reply>, EngineError>,
     ) -> Result<Response<C::Reply>, Status> {
-        let map = self.node.partition_map();
+        let map = self.node.slot_map();
         if !map.is_initialized() || self.node.is_stopping() {
             return Err(Status::unavailable(
                 "this node is not serving yet (or is stopping)",
@@ -394,15 +392,16 @@ impl Api {
         let message = request.into_inner();
         // Malformed input fails here, before any routing or proposal.
         let exec = exec(&message).map_err(Status::from)?;
-        let partition = partition_of(message.scope(), map.partition_count);
+        let (slot, group_id) = locate(&map, message.scope())?;
         loop {
-            let target = self.target(&map, partition, deadline).await;
+            let target = self.target(&map, group_id, deadline).await;
             match target {
                 Target::Here(group) => {
                     let served_by = ServedBy {
-                        partition_id: partition,
+                        group_id,
                         leader_node_id: self.node.id,
                         epoch: map.epoch,
+                        slot,
                     };
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match &exec {
@@ -455,21 +454,21 @@ impl Api {
                     }
                 }
                 Target::Peer { leader, addr } => {
-                    return Err(not_leader(partition, Some((leader, addr)), map.epoch))
+                    return Err(not_leader(group_id, Some((leader, addr)), map.epoch))
                 }
                 Target::Unknown => {}
             }
             if Instant::now() >= deadline {
-                return Err(not_leader(partition, None, map.epoch));
+                return Err(not_leader(group_id, None, map.epoch));
             }
             tokio::time::sleep(ROUTE_RETRY).await;
         }
     }
 
-    /// Who should serve `partition` now: this node, a peer, or nobody known
+    /// Who should serve `group_id` now: this node, a peer, or nobody known
     /// yet (after waiting for an election until `deadline`).
-    async fn target(&self, map: &PartitionMap, partition: GroupId, deadline: Instant) -> Target {
-        if let Some(group) = self.node.group(partition) {
+    async fn target(&self, map: &SlotMap, group_id: GroupId, deadline: Instant) -> Target {
+        if let Some(group) = self.node.group(group_id) {
             if group.is_leader() {
                 return Target::Here(group);
             }
@@ -493,7 +492,7 @@ impl Api {
         }
         // Not hosted here: the map's leader hint, else any replica (which
         // answers NOT_LEADER with a better hint).
-        let placement = map.partitions.get(partition as usize);
+        let placement = map.group(group_id);
         let leader = placement
             .map(|p| p.leader)
             .filter(|l| *l != 0)
@@ -561,19 +560,29 @@ enum Target {
     Unknown,
 }
 
+/// The slot of `scope` and the group that owns it in `map`.
+fn locate(map: &SlotMap, scope: &str) -> Result<(crate::slot::Slot, GroupId), Status> {
+    map.locate(scope).ok_or_else(|| {
+        Status::internal(format!(
+            "this node's slot map (epoch {}) has no group for the scope's slot",
+            map.epoch
+        ))
+    })
+}
+
 /// Waits for a proposal or read index until the call's deadline. A
 /// proposal that times out may still apply: the caller retries with the
 /// same idempotency key to learn its outcome.
 async fn timeout<T>(limit: Duration, f: impl Future<Output = T>) -> Result<T, Status> {
     tokio::time::timeout(limit, f).await.map_err(|_| {
         Status::unavailable(
-            "the partition did not reach a quorum before the deadline; a mutating call may \
+            "the group did not reach a quorum before the deadline; a mutating call may \
              have applied: retry it with the same idempotency key",
         )
     })
 }
 
-/// The partition map epoch the client routed by (`leasehold-epoch`), if
+/// The slot map epoch the client routed by (`leasehold-epoch`), if
 /// it sent one.
 fn client_epoch(metadata: &MetadataMap) -> Result<Option<u64>, Status> {
     let Some(value) = metadata.get(EPOCH_HEADER) else {
@@ -583,13 +592,13 @@ fn client_epoch(metadata: &MetadataMap) -> Result<Option<u64>, Status> {
     parsed.map(Some).ok_or_else(|| {
         Status::from(EngineError::invalid(
             EPOCH_HEADER,
-            "must be a decimal partition map epoch (0 to 2^64-1)",
+            "must be a decimal slot map epoch (0 to 2^64-1)",
         ))
     })
 }
 
 /// The client routed by a newer map than this node has: this node cannot
-/// tell where the scope's partition lives now.
+/// tell where the scope's slot lives now.
 fn wrong_epoch(client: u64, ours: u64) -> Status {
     let detail = v1::ErrorDetail {
         code: "WRONG_EPOCH".into(),
@@ -600,7 +609,7 @@ fn wrong_epoch(client: u64, ours: u64) -> Status {
     error_status(
         Code::Unavailable,
         format!(
-            "this node's partition map (epoch {ours}) is older than the caller's (epoch \
+            "this node's slot map (epoch {ours}) is older than the caller's (epoch \
              {client}); send the call to another node"
         ),
         &detail,
@@ -643,13 +652,13 @@ fn retryable(status: &Status) -> bool {
     }
 }
 
-fn not_leader(partition: GroupId, leader: Option<(NodeId, String)>, epoch: u64) -> Status {
+fn not_leader(group: GroupId, leader: Option<(NodeId, String)>, epoch: u64) -> Status {
     let (leader_node_id, leader_address) = leader.clone().unwrap_or_default();
     let message = match &leader {
         Some((id, addr)) => {
-            format!("this node does not lead partition {partition}; node {id} at {addr} does")
+            format!("this node does not lead group {group}; node {id} at {addr} does")
         }
-        None => format!("partition {partition} has no reachable leader right now"),
+        None => format!("group {group} has no reachable leader right now"),
     };
     let detail = v1::ErrorDetail {
         code: "NOT_LEADER".into(),
@@ -781,18 +790,24 @@ impl Leasehold for Api {
             )
             .into());
         }
-        let map = self.node.partition_map();
-        if wait_ms > 0 && map.is_initialized() {
-            let partition = partition_of(&request.get_ref().scope, map.partition_count);
-            if let Some(group) = self.node.group(partition).filter(|g| g.is_leader()) {
+        let map = self.node.slot_map();
+        if let Some((slot, group_id)) = map.locate(&request.get_ref().scope).filter(|_| wait_ms > 0)
+        {
+            if let Some(group) = self.node.group(group_id).filter(|g| g.is_leader()) {
                 let message = request.into_inner();
                 // Malformed input fails before it waits.
                 let acquire: engine::AcquireRequest =
                     message.clone().try_into().map_err(Status::from)?;
                 engine::validate::acquire(&acquire).map_err(Status::from)?;
                 let wait = Duration::from_millis(wait_ms);
+                let served_by = ServedBy {
+                    group_id,
+                    leader_node_id: self.node.id,
+                    epoch: map.epoch,
+                    slot,
+                };
                 return self
-                    .wait_here(group, map.epoch, message, acquire, wait)
+                    .wait_here(group, served_by, message, acquire, wait)
                     .await;
             }
         }
@@ -903,31 +918,39 @@ impl Leasehold for Api {
         Ok(Response::new(replies))
     }
 
-    async fn get_partition_map(
+    async fn get_slot_map(
         &self,
-        _request: Request<v1::GetPartitionMapRequest>,
-    ) -> Result<Response<v1::PartitionMap>, Status> {
-        let map = self.node.partition_map();
+        _request: Request<v1::GetSlotMapRequest>,
+    ) -> Result<Response<v1::SlotMap>, Status> {
+        let map = self.node.slot_map();
         if !map.is_initialized() {
-            return Err(Status::unavailable("this node has no partition map yet"));
+            return Err(Status::unavailable("this node has no slot map yet"));
         }
-        let partitions = map
-            .partitions
+        let groups = map
+            .groups
             .iter()
-            .enumerate()
-            .map(|(id, p)| {
-                let id = id as GroupId;
+            .map(|(&id, p)| {
                 // A replica's own view is fresher than the recorded hint.
                 let (leader, term) = match self.node.group(id).map(|g| g.leader()) {
                     Some((Some(leader), term)) => (leader, term),
                     _ => (p.leader, p.leader_term),
                 };
-                v1::Partition {
-                    partition_id: id,
+                v1::Group {
+                    group_id: id,
                     replica_node_ids: p.replicas.clone(),
                     leader_node_id: leader,
                     leader_term: term,
+                    slot_count: map.slots_of(id),
                 }
+            })
+            .collect();
+        let slot_ranges = map
+            .ranges
+            .iter()
+            .map(|r| v1::SlotRange {
+                first_slot: r.first,
+                last_slot: r.last,
+                group_id: r.group,
             })
             .collect();
         let nodes = map
@@ -938,11 +961,12 @@ impl Leasehold for Api {
                 grpc_address: addr.clone(),
             })
             .collect();
-        Ok(Response::new(v1::PartitionMap {
+        Ok(Response::new(v1::SlotMap {
             epoch: map.epoch,
-            partition_count: map.partition_count,
-            hash_function: crate::partition::HASH_FUNCTION.into(),
-            partitions,
+            slot_count: map.slot_count,
+            hash_function: crate::slot::HASH_FUNCTION.into(),
+            slot_ranges,
+            groups,
             nodes,
         }))
     }

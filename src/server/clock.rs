@@ -1,4 +1,4 @@
-//! The wall clock a partition leader stamps commands with.
+//! The wall clock a group leader stamps commands with.
 //!
 //! For chaos testing only, a node can be told to follow a clock file
 //! (`--unsafe-test-clock PATH`) that skews its clock or changes its rate,

@@ -1,4 +1,4 @@
-//! A leasehold node: the groups it hosts, the partition map, and the
+//! A leasehold node: the groups it hosts, the slot map, and the
 //! lifecycle (bootstrap, readiness, leadership handover on shutdown).
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,9 +15,9 @@ use super::ServerError;
 use crate::config::Config;
 use crate::engine::EngineConfig;
 use crate::proto::peer::{ElectRequest, MetaProposal};
-use crate::raft::{GroupId, MetaCommand, NodeId, PartitionMap, RaftDb, Request, META_GROUP};
+use crate::raft::{GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap, META_GROUP};
 
-/// How often bootstrap re-checks whether the partition map is in place.
+/// How often bootstrap re-checks whether the slot map is in place.
 const BOOTSTRAP_POLL: Duration = Duration::from_millis(50);
 
 pub struct Node {
@@ -68,6 +68,7 @@ impl Node {
             raft: Arc::new(raft),
             engine: EngineConfig {
                 dedup_window_ms: c.dedup_window_ms,
+                slot_count: c.slots,
             },
             max_batch: c.max_batch_commands as usize,
         })
@@ -100,11 +101,9 @@ impl Node {
         self.group(META_GROUP)
     }
 
-    /// The committed partition map; empty until bootstrap commits it.
-    pub fn partition_map(&self) -> PartitionMap {
-        self.meta()
-            .map(|m| m.engine.partition_map())
-            .unwrap_or_default()
+    /// The committed slot map; empty until bootstrap commits it.
+    pub fn slot_map(&self) -> SlotMap {
+        self.meta().map(|m| m.engine.slot_map()).unwrap_or_default()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -115,12 +114,12 @@ impl Node {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Starts the metadata group, waits for the partition map (proposing
-    /// the initial one when this node leads the metadata group), then
-    /// starts every partition this node replicates. The peer service must
+    /// Starts the metadata group, waits for the slot map (proposing the
+    /// initial one when this node leads the metadata group), then starts
+    /// every data group this node replicates. The peer service must
     /// already be serving: the groups elect leaders through it.
     pub async fn bootstrap(self: &Arc<Self>) -> Result<(), ServerError> {
-        let options = self.group_options()?;
+        let mut options = self.group_options()?;
         let members: BTreeMap<NodeId, String> = self
             .config
             .members
@@ -132,54 +131,61 @@ impl Node {
             Group::start(&self.db, &self.peers, META_GROUP, &members, first, &options).await?;
         self.add_group(Arc::clone(&meta));
 
-        let wanted = PartitionMap::initial(
+        let wanted = SlotMap::initial(
             members.clone(),
-            self.config.partitions,
+            self.config.slots,
+            self.config.effective_groups(),
             self.config.effective_replication_factor(),
         );
         let started = Instant::now();
         let map = loop {
-            let map = meta.engine.partition_map();
+            let map = meta.engine.slot_map();
             if map.is_initialized() {
                 break map;
             }
             if meta.is_leader() {
                 let init = Request::Meta(MetaCommand::Init(wanted.clone()));
                 if let Err(e) = meta.raft.client_write(init).await {
-                    tracing::debug!(error = %e, "proposing the initial partition map");
+                    tracing::debug!(error = %e, "proposing the initial slot map");
                 }
             }
             if started.elapsed() > Duration::from_secs(5)
                 && started.elapsed().as_millis() % 5000 < 50
             {
-                tracing::info!("waiting for a quorum of members to agree on the partition map");
+                tracing::info!("waiting for a quorum of members to agree on the slot map");
             }
             tokio::time::sleep(BOOTSTRAP_POLL).await;
         };
-        if map.partition_count != self.config.partitions {
+        if map.slot_count != self.config.slots {
             return Err(ServerError::Config(format!(
-                "partitions: this cluster was created with {} partitions and cannot change \
-                 to {}",
-                map.partition_count, self.config.partitions
+                "slots: this cluster was created with {} slots and cannot change to {}",
+                map.slot_count, self.config.slots
             )));
         }
+        options.engine.slot_count = map.slot_count;
+        if map.groups.len() != self.config.effective_groups() as usize {
+            tracing::warn!(
+                configured = self.config.effective_groups(),
+                actual = map.groups.len(),
+                "groups applies when a cluster is created; this one keeps its slot map"
+            );
+        }
 
-        for partition in 0..map.partition_count {
-            let replicas = map.replicas(partition);
-            if !replicas.contains(&self.id) {
+        for (&id, placement) in &map.groups {
+            if !placement.replicas.contains(&self.id) {
                 continue;
             }
-            let nodes: BTreeMap<NodeId, String> = replicas
+            let nodes: BTreeMap<NodeId, String> = placement
+                .replicas
                 .iter()
                 .filter_map(|id| map.nodes.get(id).map(|a| (*id, a.clone())))
                 .collect();
-            let preferred = map.preferred_leader(partition).unwrap_or(self.id);
             let group = Group::start(
                 &self.db,
                 &self.peers,
-                partition,
+                id,
                 &nodes,
-                preferred,
+                placement.preferred_leader,
                 &options,
             )
             .await?;
@@ -190,7 +196,8 @@ impl Node {
         tokio::spawn(Arc::clone(self).watch_readiness());
         tracing::info!(
             node = self.id,
-            partitions = map.partition_count,
+            slots = map.slot_count,
+            groups = map.groups.len(),
             hosted = self.groups().len() - 1,
             epoch = map.epoch,
             "node started"
@@ -215,19 +222,20 @@ impl Node {
         tracing::info!(node = self.id, "ready");
     }
 
-    /// Records in the partition map each term in which this node leads
+    /// Records in the slot map each term in which this node leads
     /// `group`, so clients of nodes that do not host it can find it.
+    /// It wakes only when leadership changes ([`openraft::Raft::server_metrics`]).
     async fn report_leadership(self: Arc<Self>, group: Arc<Group>) {
-        let mut metrics = group.metrics();
+        let mut metrics = group.raft.server_metrics();
         let mut reported = 0;
         loop {
             let (leading, term) = {
                 let m = metrics.borrow_and_update();
-                (m.state == ServerState::Leader, m.current_term)
+                (m.state == ServerState::Leader, m.vote.leader_id().term)
             };
             if leading && term > reported {
                 let hint = MetaCommand::LeaderHint {
-                    partition: group.id,
+                    group: group.id,
                     node: self.id,
                     term,
                 };
@@ -246,7 +254,7 @@ impl Node {
         }
     }
 
-    /// Applies `cmd` to the partition map through the metadata leader.
+    /// Applies `cmd` to the slot map through the metadata leader.
     pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<(), ServerError> {
         let meta = self
             .meta()

@@ -18,18 +18,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use leasehold::partition::partition_of;
 use leasehold::proto::peer::peer_client::PeerClient;
 use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
-use leasehold::proto::v1::{GetPartitionMapRequest, PartitionMap};
+use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
+use leasehold::slot::{owner, slot_of, SlotRange};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// The metadata group's id in Peer.Digest; every other group is a partition.
+/// The metadata group's id in Peer.Digest; every other group is a data
+/// group.
 pub const META_GROUP: u32 = u32::MAX;
 
 /// How long a node may take to report `/ready` after it was (re)started.
@@ -54,7 +55,7 @@ const KEEP_DIRS_ENV: &str = "LEASEHOLD_TEST_KEEP_DIRS";
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
-/// Per group (partition id), that group's digest: one node's Digest reply.
+/// Per group id, that group's digest: one node's Digest reply.
 pub type NodeDigests = BTreeMap<u32, GroupDigest>;
 
 /// Per node id, its digests.
@@ -65,7 +66,10 @@ pub type ClusterDigests = BTreeMap<u64, NodeDigests>;
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub nodes: u64,
-    pub partitions: u32,
+    /// Data groups (`--groups`).
+    pub groups: u32,
+    /// Hash slots (`--slots`).
+    pub slots: u32,
     pub election_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub snapshot_interval_entries: Option<u64>,
@@ -75,7 +79,8 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             nodes: 3,
-            partitions: 4,
+            groups: 4,
+            slots: 1024,
             election_timeout_ms: None,
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
@@ -173,8 +178,8 @@ impl Cluster {
         live.map(|n| n.id).collect()
     }
 
-    pub fn partitions(&self) -> u32 {
-        self.config.partitions
+    pub fn groups(&self) -> u32 {
+        self.config.groups
     }
 
     pub fn grpc_addr(&self, id: u64) -> SocketAddr {
@@ -200,8 +205,10 @@ impl Cluster {
             node.data_dir().display().to_string(),
             "--members".into(),
             members.collect::<Vec<_>>().join(","),
-            "--partitions".into(),
-            self.config.partitions.to_string(),
+            "--groups".into(),
+            self.config.groups.to_string(),
+            "--slots".into(),
+            self.config.slots.to_string(),
             "--replication-factor".into(),
             "3".into(),
         ];
@@ -356,37 +363,39 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s partition map.
-    pub async fn partition_map(&self, id: u64) -> PartitionMap {
-        let reply = self
-            .client(id)
-            .get_partition_map(GetPartitionMapRequest {})
-            .await;
+    /// Node `id`'s slot map.
+    pub async fn slot_map(&self, id: u64) -> SlotMap {
+        let reply = self.client(id).get_slot_map(GetSlotMapRequest {}).await;
         let map = reply
-            .unwrap_or_else(|s| panic!("expected GetPartitionMap on node {id} to succeed: {s}"))
+            .unwrap_or_else(|s| panic!("expected GetSlotMap on node {id} to succeed: {s}"))
             .into_inner();
         assert_eq!(
-            map.partition_count,
-            self.partitions(),
-            "expected node {id}'s map to have the cluster's partition count"
+            (map.slot_count, map.groups.len()),
+            (self.config.slots, self.groups() as usize),
+            "expected node {id}'s map to have the cluster's slots and groups"
         );
         map
     }
 
-    /// The leader of `scope`'s partition, once every live node names the
-    /// same one (polls up to [`READY_TIMEOUT`]).
+    /// The group that owns `scope`'s slot, by node `id`'s slot map.
+    pub async fn group_of(&self, id: u64, scope: &str) -> u32 {
+        group_in(&self.slot_map(id).await, scope)
+    }
+
+    /// The leader of `scope`'s group, once every live node names the same
+    /// one (polls up to [`READY_TIMEOUT`]).
     pub async fn leader_of(&self, scope: &str) -> u64 {
-        let partition = partition_of(scope, self.partitions());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let mut views = BTreeMap::new();
+            let mut group = 0;
             for id in self.live() {
-                let map = self.partition_map(id).await;
-                let p = map.partitions.iter().find(|p| p.partition_id == partition);
-                let p = p.unwrap_or_else(|| {
-                    panic!("expected node {id}'s map to list partition {partition}")
-                });
-                views.insert(id, p.leader_node_id);
+                let map = self.slot_map(id).await;
+                group = group_in(&map, scope);
+                let g = map.groups.iter().find(|g| g.group_id == group);
+                let g =
+                    g.unwrap_or_else(|| panic!("expected node {id}'s map to list group {group}"));
+                views.insert(id, g.leader_node_id);
             }
             let first = *views.values().next().expect("at least one live node");
             if first != 0 && views.values().all(|&l| l == first) {
@@ -394,7 +403,7 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "expected live nodes to agree on the leader of partition {partition}; views: {views:?}"
+                "expected live nodes to agree on the leader of group {group}; views: {views:?}"
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -406,7 +415,7 @@ impl Cluster {
         Ok(reply.groups.into_iter().map(|g| (g.group, g)).collect())
     }
 
-    /// Polls Peer.Digest on every live node until every partition group is
+    /// Polls Peer.Digest on every live node until every data group is
     /// at the same last applied index on all of them, twice in a row (so a
     /// digest read mid-apply cannot pass), and returns the last poll.
     pub async fn wait_digests_converge(&self, timeout: Duration) -> ClusterDigests {
@@ -433,7 +442,7 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "expected every partition's last_applied_index to converge on nodes {:?} within \
+                "expected every group's last_applied_index to converge on nodes {:?} within \
                  {timeout:?}; last poll: {}",
                 self.live(),
                 failure.unwrap_or_else(|| describe_digests(&all))
@@ -443,11 +452,11 @@ impl Cluster {
         }
     }
 
-    /// Per partition, the last applied index reported by each node that
+    /// Per data group, the last applied index reported by each node that
     /// hosts it (in node order).
     fn applied_positions(&self, all: &ClusterDigests) -> BTreeMap<u32, Vec<u64>> {
         let mut positions: BTreeMap<u32, Vec<u64>> =
-            (0..self.partitions()).map(|p| (p, Vec::new())).collect();
+            (0..self.groups()).map(|g| (g, Vec::new())).collect();
         for digests in all.values() {
             for (group, d) in digests.iter().filter(|(g, _)| **g != META_GROUP) {
                 positions
@@ -625,10 +634,25 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Asserts that every partition has the same state digest and last applied
-/// position on every node.
-pub fn assert_same_state(all: &ClusterDigests, partitions: u32) {
-    for group in 0..partitions {
+/// The group that owns `scope`'s slot in `map`.
+pub fn group_in(map: &SlotMap, scope: &str) -> u32 {
+    let ranges: Vec<SlotRange> = map
+        .slot_ranges
+        .iter()
+        .map(|r| SlotRange {
+            first: r.first_slot,
+            last: r.last_slot,
+            group: r.group_id,
+        })
+        .collect();
+    owner(&ranges, slot_of(scope, map.slot_count))
+        .unwrap_or_else(|| panic!("expected the slot map to cover {scope:?}'s slot"))
+}
+
+/// Asserts that every data group has the same state digest and last
+/// applied position on every node.
+pub fn assert_same_state(all: &ClusterDigests, groups: u32) {
+    for group in 0..groups {
         let per_node: Vec<(u64, Option<&GroupDigest>)> =
             all.iter().map(|(id, d)| (*id, d.get(&group))).collect();
         let reference = per_node[0].1;
@@ -640,7 +664,7 @@ pub fn assert_same_state(all: &ClusterDigests, partitions: u32) {
         });
         assert!(
             same,
-            "expected partition {group} to have one state digest and applied position on every \
+            "expected group {group} to have one state digest and applied position on every \
              node; got {}",
             describe_digests(all)
         );

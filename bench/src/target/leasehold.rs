@@ -1,6 +1,6 @@
 //! Leasehold as a local cluster of `leasehold serve` processes (fsync on,
 //! as always), driven through the Rust client, which routes each call to
-//! its partition's leader.
+//! the leader of the group that owns its scope's hash slot.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use leasehold::client::{Acquire, Acquired, Client, ClientConfig};
 use leasehold::proto::v1;
+use leasehold::slot::SLOT_COUNT_DEFAULT;
 
 use super::{Held, Outcome};
 use crate::procs::{self, Proc, Scratch};
@@ -17,6 +18,38 @@ use crate::spec::{Constraint, Request};
 
 /// How long a node may take to report every group it hosts led.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Nodes of every cluster the benchmark starts.
+pub const NODES: u64 = 3;
+
+/// How a cluster spreads scopes: `slots` hash slots over `groups` Raft
+/// groups, fixed when the cluster is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// 0: one group per node, each node the preferred leader of one.
+    pub groups: u32,
+    pub slots: u32,
+}
+
+impl Layout {
+    /// What `leasehold serve` gives a user who sets neither.
+    pub const DEFAULT: Layout = Layout {
+        groups: 0,
+        slots: SLOT_COUNT_DEFAULT,
+    };
+
+    /// The same layout with the groups a cluster of `nodes` gets for 0.
+    pub fn resolved(self, nodes: u64) -> Layout {
+        Layout {
+            groups: if self.groups == 0 {
+                nodes as u32
+            } else {
+                self.groups
+            },
+            ..self
+        }
+    }
+}
 
 pub struct Node {
     pub node_id: u64,
@@ -68,7 +101,7 @@ fn metric(text: &str, name: &str) -> f64 {
 pub struct Cluster {
     bin: PathBuf,
     members: String,
-    partitions: u32,
+    layout: Layout,
     pub nodes: Vec<Node>,
     /// Whether the client sends calls over session streams (the default)
     /// or as unary RPCs.
@@ -78,9 +111,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `count` nodes with `partitions` partitions, replication factor
-    /// 3, and waits until every node is ready.
-    pub fn start(bin: &Path, count: u64, partitions: u32) -> Result<Cluster> {
+    /// Starts `count` nodes with `layout`, replication factor 3, and waits
+    /// until every node is ready.
+    pub fn start(bin: &Path, count: u64, layout: Layout) -> Result<Cluster> {
         let scratch = Scratch::new("leasehold")?;
         let ports = procs::free_ports(2 * count as usize)?;
         let nodes: Vec<Node> = (0..count as usize)
@@ -100,7 +133,7 @@ impl Cluster {
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
             members,
-            partitions,
+            layout,
             nodes,
             streaming: true,
             scratch,
@@ -112,12 +145,17 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The slots and groups the cluster was created with, 0 groups resolved.
+    pub fn layout(&self) -> Layout {
+        self.layout.resolved(self.nodes.len() as u64)
+    }
+
     fn node(&mut self, node_id: u64) -> &mut Node {
         &mut self.nodes[node_id as usize - 1]
     }
 
     fn spawn(&mut self, node_id: u64) -> Result<()> {
-        let (bin, members, partitions) = (self.bin.clone(), self.members.clone(), self.partitions);
+        let (bin, members, layout) = (self.bin.clone(), self.members.clone(), self.layout);
         let log = self.scratch.path().join(format!("node-{node_id}.log"));
         let node = self.node(node_id);
         std::fs::create_dir_all(&node.data_dir)?;
@@ -131,7 +169,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--members", &members])
-            .args(["--partitions", &partitions.to_string()])
+            .args(["--groups", &layout.groups.to_string()])
+            .args(["--slots", &layout.slots.to_string()])
             .args(["--replication-factor", "3"])
             .env("RUST_LOG", "warn");
         node.proc = Some(Proc::spawn(
@@ -284,6 +323,22 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layout_of_no_groups_resolves_to_one_group_per_node() {
+        assert_eq!(
+            Layout::DEFAULT.resolved(3),
+            Layout {
+                groups: 3,
+                slots: 1024
+            }
+        );
+        let six = Layout {
+            groups: 6,
+            slots: 256,
+        };
+        assert_eq!(six.resolved(3), six);
+    }
 
     #[test]
     fn a_metric_sums_its_label_sets_and_no_longer_name() {

@@ -68,12 +68,12 @@ pub enum Server {
 }
 
 impl Server {
-    /// Starts the target and waits until it serves; `partitions` is
-    /// Leasehold's partition count.
-    pub fn start(kind: TargetKind, bins: &Binaries, partitions: u32) -> Result<Server> {
+    /// Starts the target and waits until it serves; `layout` is
+    /// Leasehold's slots and groups.
+    pub fn start(kind: TargetKind, bins: &Binaries, layout: leasehold::Layout) -> Result<Server> {
         Ok(match kind {
             TargetKind::Leasehold => Server::Leasehold(
-                leasehold::Cluster::start(&bins.leasehold, 3, partitions)?,
+                leasehold::Cluster::start(&bins.leasehold, leasehold::NODES, layout)?,
                 None,
             ),
             TargetKind::RedisEverysec => Server::Redis(redis::Server::start(
@@ -113,6 +113,14 @@ impl Server {
             Server::Leasehold(c, _) => c.pids(),
             Server::Redis(s) => s.pids(),
             Server::Etcd(c) => c.pids(),
+        }
+    }
+
+    /// Leasehold: the slots and groups it runs with, 0 groups resolved.
+    pub fn layout(&self) -> Option<leasehold::Layout> {
+        match self {
+            Server::Leasehold(c, _) => Some(c.layout()),
+            Server::Redis(_) | Server::Etcd(_) => None,
         }
     }
 

@@ -41,8 +41,7 @@ pub fn check(ops: &[Completed], params: &Params) -> Verdict {
             continue;
         };
         *answered = true;
-        let holders: BTreeSet<(u32, u64)> =
-            holders.iter().map(|&h| (inspect.partition, h)).collect();
+        let holders: BTreeSet<(u32, u64)> = holders.iter().map(|&h| (inspect.slot, h)).collect();
         let key_leases = by_key
             .get(inspect.key.as_str())
             .map_or(&[][..], Vec::as_slice);

@@ -1,6 +1,8 @@
 //! `fencing`: fencing tokens let a downstream resource reject a stale
-//! holder, so within a partition (a) no two grants share a token and (b) a
+//! holder, so within a slot (a) no two grants share a token and (b) a
 //! grant that completed before another was invoked has the smaller token.
+//! The slot is the namespace: a scope's tokens come from its slot's grant
+//! counter, and tokens of different slots are unrelated.
 //!
 //! Grants are leases (from acquires) and throttle admissions; retries of
 //! one grant are one grant, which took effect between its first invoke and
@@ -38,7 +40,7 @@ impl fmt::Display for Holder<'_> {
 /// One grant carrying a token.
 #[derive(Debug, Clone, Copy)]
 struct Grant<'a> {
-    partition: u32,
+    slot: u32,
     token: u64,
     holder: Holder<'a>,
     invoke_ns: u64,
@@ -51,33 +53,33 @@ pub fn check(ops: &[Completed]) -> Verdict {
     let mut found = Findings::default();
     let mut owners: BTreeMap<(u32, u64), Holder<'_>> = BTreeMap::new();
     for g in &grants {
-        let owner = *owners.entry((g.partition, g.token)).or_insert(g.holder);
+        let owner = *owners.entry((g.slot, g.token)).or_insert(g.holder);
         if owner != g.holder {
             found.add(format!(
-                "partition {}: token {} given to both {owner} and {}",
-                g.partition, g.token, g.holder
+                "slot {}: token {} given to both {owner} and {}",
+                g.slot, g.token, g.holder
             ));
         }
     }
-    let mut by_partition: BTreeMap<u32, Vec<Grant<'_>>> = BTreeMap::new();
+    let mut by_slot: BTreeMap<u32, Vec<Grant<'_>>> = BTreeMap::new();
     for g in &grants {
-        by_partition.entry(g.partition).or_default().push(*g);
+        by_slot.entry(g.slot).or_default().push(*g);
     }
-    for grants in by_partition.values() {
+    for grants in by_slot.values() {
         check_order(grants, &mut found);
     }
-    let stats = json!({ "grants": grants.len(), "partitions": by_partition.len() });
+    let stats = json!({ "grants": grants.len(), "slots": by_slot.len() });
     found.verdict("fencing", stats)
 }
 
 fn grants(ops: &[Completed]) -> Vec<Grant<'_>> {
     let mut grants = Vec::new();
     for lease in Leases::build(ops).all {
-        if let (Some((partition, id)), Some(token), Some(done_ns)) =
+        if let (Some((slot, id)), Some(token), Some(done_ns)) =
             (lease.id, lease.token, lease.granted_ns)
         {
             grants.push(Grant {
-                partition,
+                slot,
                 token,
                 holder: Holder::Lease(id),
                 invoke_ns: lease.invoke_ns,
@@ -93,7 +95,7 @@ fn grants(ops: &[Completed]) -> Vec<Grant<'_>> {
         if let (Op::Throttle(t), Some(done_ns)) = (&first.op, first.complete_ns) {
             let Some(token) = t.token else { continue };
             grants.push(Grant {
-                partition: t.partition,
+                slot: t.slot,
                 token,
                 holder: Holder::Admission(id.key, id.idem),
                 invoke_ns,
@@ -104,7 +106,7 @@ fn grants(ops: &[Completed]) -> Vec<Grant<'_>> {
     grants
 }
 
-/// (b) for the grants of one partition.
+/// (b) for the grants of one slot.
 fn check_order(grants: &[Grant<'_>], found: &mut Findings) {
     let mut by_done: Vec<&Grant<'_>> = grants.iter().collect();
     by_done.sort_by_key(|g| g.done_ns);
@@ -122,8 +124,8 @@ fn check_order(grants: &[Grant<'_>], found: &mut Findings) {
             continue;
         };
         found.add(format!(
-            "partition {}: {} got token {} (invoked {}) after {} got token {} (completed {})",
-            g.partition,
+            "slot {}: {} got token {} (invoked {}) after {} got token {} (completed {})",
+            g.slot,
             g.holder,
             g.token,
             fmt_ms(g.invoke_ns),
@@ -155,8 +157,8 @@ mod tests {
         s.info(30, 40, acq("d", "5"));
         s.ok(41, 45, acq("d", "5").lease(5));
         s.ok(46, 49, acq("d", "5").lease(5));
-        // Tokens of other partitions are unrelated.
-        s.ok(50, 55, acq("e", "6").partition(1).lease(1));
+        // Tokens of other slots are unrelated.
+        s.ok(50, 55, acq("e", "6").slot(1).lease(1));
         let v = run(&s);
         assert!(v.ok, "{:?}", v.violations);
         assert_eq!(v.stats["grants"], 6);

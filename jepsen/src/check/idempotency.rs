@@ -27,7 +27,7 @@ pub fn check(ops: &[Completed]) -> Verdict {
             .iter()
             .filter(|c| c.outcome == Outcome::Ok)
             .filter_map(|c| match &c.op {
-                Op::Acquire(a) => Some((a.lease.map(|l| (a.partition, l)), a.token)),
+                Op::Acquire(a) => Some((a.lease.map(|l| (a.slot, l)), a.token)),
                 Op::Throttle(t) => Some((None, t.token)),
                 _ => None,
             })
@@ -39,7 +39,7 @@ pub fn check(ops: &[Completed]) -> Verdict {
             let list: Vec<String> = answers
                 .iter()
                 .map(|(lease, token)| match lease {
-                    Some((p, l)) => format!("lease {p}/{l} token {token:?}"),
+                    Some((s, l)) => format!("lease {s}/{l} token {token:?}"),
                     None => format!("token {token:?}"),
                 })
                 .collect();
@@ -55,14 +55,14 @@ pub fn check(ops: &[Completed]) -> Verdict {
             named.entry(lease).or_default().insert((id.key, id.idem));
         }
     }
-    for ((partition, lease), acquires) in &named {
+    for ((slot, lease), acquires) in &named {
         if acquires.len() > 1 {
             let list: Vec<String> = acquires
                 .iter()
                 .map(|(key, idem)| format!("{key} idem={idem}"))
                 .collect();
             found.add(format!(
-                "lease {partition}/{lease} granted to different acquires: {}",
+                "lease {slot}/{lease} granted to different acquires: {}",
                 list.join(", ")
             ));
         }

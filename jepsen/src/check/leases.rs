@@ -9,7 +9,9 @@ use crate::history::{by_idem, Attempts, Completed, Op, Outcome, LEASE_LOST};
 use super::faults::Faults;
 use super::Params;
 
-/// A lease's name: lease ids are numbered per partition.
+/// A lease's name: `(slot, lease id)`. Ids are numbered per slot (the
+/// server puts the slot in their high bits; older histories numbered them
+/// per Raft group).
 pub(crate) type LeaseId = (u32, u64);
 
 /// One lease, or one acquire that may have granted a lease no client saw.
@@ -80,8 +82,8 @@ impl<'a> Leases<'a> {
         }
         for (id, attempts) in &groups {
             let lease_of = |op: &Op| match op {
-                Op::Extend(e) => Some((e.partition, e.lease)),
-                Op::Release(r) => Some((r.partition, r.lease)),
+                Op::Extend(e) => Some((e.slot, e.lease)),
+                Op::Release(r) => Some((r.slot, r.lease)),
                 _ => None,
             };
             let Some(lease_id) = attempts.ops.first().and_then(|c| lease_of(&c.op)) else {
@@ -137,7 +139,7 @@ impl<'a> Leases<'a> {
             let (Op::Acquire(a), Some(done_ns)) = (&c.op, c.complete_ns) else {
                 continue;
             };
-            let Some(id) = a.lease.map(|l| (a.partition, l)) else {
+            let Some(id) = a.lease.map(|l| (a.slot, l)) else {
                 continue;
             };
             granted = true;
@@ -276,10 +278,10 @@ impl<'a> Lease<'a> {
         (expiry_ns, zombies)
     }
 
-    /// `partition/lease` for reports.
+    /// `slot/lease` for reports.
     pub(crate) fn name(&self) -> String {
         match self.id {
-            Some((partition, lease)) => format!("lease {partition}/{lease}"),
+            Some((slot, lease)) => format!("lease {slot}/{lease}"),
             None => "an unanswered acquire".to_string(),
         }
     }

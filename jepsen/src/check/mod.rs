@@ -25,7 +25,7 @@
 //! | [`lease_safety`] | at most `limit` leases certainly held at once per key; no lease reported lost while certainly held |
 //! | [`zombie_extend`] | no extend succeeds after its lease had surely expired or been released |
 //! | [`no_leak`] | denials only when the key could be full; every final-phase op succeeds |
-//! | [`fencing`] | tokens unique per partition and increasing in real time |
+//! | [`fencing`] | tokens unique per slot and increasing in real time within it |
 //! | [`idempotency`] | one idempotency key, one lease and token; one lease, one key |
 //! | [`linearizable`] | keys with TTLs of an hour or more behave as a semaphore |
 //! | [`gcra`] | throttle admissions within the GCRA bound in every window |

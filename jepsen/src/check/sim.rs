@@ -349,7 +349,7 @@ impl Sim {
                 return Op::Extend(Extend {
                     key: key.to_string(),
                     limit,
-                    partition: 0,
+                    slot: 0,
                     idem,
                     lease,
                     ttl_ms,
@@ -359,7 +359,7 @@ impl Sim {
                 return Op::Release(Release {
                     key: key.to_string(),
                     limit,
-                    partition: 0,
+                    slot: 0,
                     idem,
                     lease,
                     was_held: None,
@@ -407,7 +407,7 @@ impl Sim {
             let release = Op::Release(Release {
                 key: key.to_string(),
                 limit,
-                partition: 0,
+                slot: 0,
                 idem: format!("final-r{i}"),
                 lease: granted.lease.unwrap_or_default(),
                 was_held: None,
@@ -425,7 +425,7 @@ impl Sim {
         for (key, _, _) in KEYS {
             let inspect = Op::Inspect(Inspect {
                 key: key.to_string(),
-                partition: 0,
+                slot: 0,
                 holders: None,
             });
             t_ns += 10 * MS;
@@ -438,7 +438,7 @@ fn acquire(key: &str, limit: u32, ttl_ms: u64, idem: String) -> Acquire {
     Acquire {
         key: key.to_string(),
         limit,
-        partition: 0,
+        slot: 0,
         idem,
         ttl_ms,
         lease: None,
@@ -453,7 +453,7 @@ fn throttle(idem: String) -> Throttle {
     let (limit, period_ms, burst) = RATE;
     Throttle {
         key: "t0".to_string(),
-        partition: 0,
+        slot: 0,
         idem,
         kind: ThrottleKind::Gcra,
         limit,

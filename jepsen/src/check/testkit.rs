@@ -91,12 +91,12 @@ impl Script {
     }
 }
 
-/// An acquire of one unit of `key` with limit 1, ttl 1s, partition 0.
+/// An acquire of one unit of `key` with limit 1, ttl 1s, slot 0.
 pub fn acq(key: &str, idem: &str) -> Acquire {
     Acquire {
         key: key.to_string(),
         limit: 1,
-        partition: 0,
+        slot: 0,
         idem: idem.to_string(),
         ttl_ms: 1000,
         lease: None,
@@ -118,8 +118,8 @@ impl Acquire {
         self
     }
 
-    pub fn partition(mut self, partition: u32) -> Self {
-        self.partition = partition;
+    pub fn slot(mut self, slot: u32) -> Self {
+        self.slot = slot;
         self
     }
 
@@ -147,7 +147,7 @@ pub fn ext(key: &str, idem: &str, lease: u64) -> Extend {
     Extend {
         key: key.to_string(),
         limit: 1,
-        partition: 0,
+        slot: 0,
         idem: idem.to_string(),
         lease,
         ttl_ms: 1000,
@@ -176,7 +176,7 @@ pub fn rel(key: &str, idem: &str, lease: u64) -> Release {
     Release {
         key: key.to_string(),
         limit: 1,
-        partition: 0,
+        slot: 0,
         idem: idem.to_string(),
         lease,
         was_held: None,
@@ -195,7 +195,7 @@ impl Release {
 pub fn thr(key: &str, idem: &str) -> Throttle {
     Throttle {
         key: key.to_string(),
-        partition: 0,
+        slot: 0,
         idem: idem.to_string(),
         kind: ThrottleKind::Gcra,
         limit: 10,
@@ -231,7 +231,7 @@ pub fn rl(key: &str, idem: &str) -> Throttle {
 pub fn fread(key: &str, token: u64, seq: u64, value: u64) -> Fenced {
     Fenced {
         key: key.to_string(),
-        partition: 0,
+        slot: 0,
         access: Access::Read,
         token,
         read: None,
@@ -270,7 +270,7 @@ impl Fenced {
 pub fn inspect(key: &str, holders: &[u64]) -> Inspect {
     Inspect {
         key: key.to_string(),
-        partition: 0,
+        slot: 0,
         holders: Some(holders.to_vec()),
     }
 }

@@ -14,7 +14,7 @@ use leasehold::client::{SessionChannel, Streamable};
 
 use leasehold::convert::error_detail;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
-use leasehold::proto::v1::{GetPartitionMapRequest, PartitionMap};
+use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -104,22 +104,18 @@ impl Clients {
         self.channels.keys().copied().collect()
     }
 
-    /// The first partition map any node gives within `timeout` each,
-    /// preferring one that names a leader for every partition.
-    pub async fn partition_map(&self, timeout: Duration) -> Option<PartitionMap> {
+    /// The first slot map any node gives within `timeout` each,
+    /// preferring one that names a leader for every group.
+    pub async fn slot_map(&self, timeout: Duration) -> Option<SlotMap> {
         let mut fallback = None;
         for id in self.ids() {
             let answer = call(timeout, |t| {
                 let mut client = self.to(id);
-                async move {
-                    client
-                        .get_partition_map(request(GetPartitionMapRequest {}, t))
-                        .await
-                }
+                async move { client.get_slot_map(request(GetSlotMapRequest {}, t)).await }
             })
             .await;
             if let Answer::Ok(map) = answer {
-                if map.partitions.iter().all(|p| p.leader_node_id != 0) {
+                if every_group_led(&map) {
                     return Some(map);
                 }
                 fallback.get_or_insert(map);
@@ -127,6 +123,12 @@ impl Clients {
         }
         fallback
     }
+}
+
+/// Whether `map` names a leader for every group. A map without groups
+/// (a node that has not yet learned the map) does not.
+pub fn every_group_led(map: &SlotMap) -> bool {
+    !map.groups.is_empty() && map.groups.iter().all(|g| g.leader_node_id != 0)
 }
 
 /// What became of one call.

@@ -30,7 +30,10 @@ pub enum BackendChoice {
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
     pub nodes: u64,
-    pub partitions: u32,
+    /// Data groups; 0 = one per node.
+    pub groups: u32,
+    /// Hash slots, fixed when the cluster is created.
+    pub slots: u32,
     pub binary: PathBuf,
     /// Host directory under which node i keeps `n<i>/data`, `n<i>/clock`
     /// and, on the namespace backend, `n<i>/log`.
@@ -111,7 +114,7 @@ impl Cluster {
         let mut cluster = Cluster { nodes, backend };
         let members = cluster.members();
         for node in cluster.nodes.clone() {
-            let args = serve_args(&node, &members, spec.partitions, cluster.node_root(&node));
+            let args = serve_args(&node, &members, spec, cluster.node_root(&node));
             match &mut cluster.backend {
                 Backend::Docker(d) => d.create(&node, &args).await?,
                 Backend::Netns(n) => n.create(&node, &args).await?,
@@ -214,7 +217,7 @@ fn node_ip(subnet: [u8; 3], id: NodeId) -> Ipv4Addr {
 
 /// `serve` flags of one node; `root` is the node's host directory as the
 /// node sees it.
-fn serve_args(node: &Node, members: &str, partitions: u32, root: PathBuf) -> Vec<String> {
+fn serve_args(node: &Node, members: &str, spec: &ClusterSpec, root: PathBuf) -> Vec<String> {
     vec![
         "serve".into(),
         format!("--node-id={}", node.id),
@@ -223,7 +226,8 @@ fn serve_args(node: &Node, members: &str, partitions: u32, root: PathBuf) -> Vec
         format!("--http-addr=0.0.0.0:{HTTP_PORT}"),
         format!("--data-dir={}", root.join("data").display()),
         format!("--members={members}"),
-        format!("--partitions={partitions}"),
+        format!("--groups={}", spec.groups),
+        format!("--slots={}", spec.slots),
         format!("--unsafe-test-clock={}", root.join("clock").display()),
     ]
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use leasehold::slot::SLOT_COUNT_DEFAULT;
 use leasehold_jepsen::check::{self, Params};
 
 use client::Clients;
@@ -81,9 +82,13 @@ pub struct Options {
     /// Where the nodes run
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Partitions (Raft groups) of the cluster
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub partitions: u32,
+    /// Data groups (Raft groups) the slots are spread over; 0 = one per
+    /// node, as `serve` does by default
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub groups: u32,
+    /// Hash slots of the cluster: the namespace of lease ids and tokens
+    #[arg(long, value_name = "N", default_value_t = SLOT_COUNT_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub slots: u32,
     /// Client workers [default: 2 per node; rate-limit 4, fenced 3]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub concurrency: Option<u64>,
@@ -99,6 +104,13 @@ pub enum Ending {
 }
 
 pub async fn run(options: Options) -> Result<Ending> {
+    if options.effective_groups() > options.slots {
+        bail!(
+            "{} groups need at least as many slots, got --slots {}: every group owns a slot",
+            options.effective_groups(),
+            options.slots
+        );
+    }
     let mut kinds = options.nemesis.clone();
     kinds.sort_unstable();
     kinds.dedup();
@@ -132,7 +144,8 @@ pub async fn run(options: Options) -> Result<Ending> {
     }
     let spec = ClusterSpec {
         nodes: options.nodes,
-        partitions: options.partitions,
+        groups: options.groups,
+        slots: options.slots,
         binary,
         dir: out.join("nodes"),
     };
@@ -153,11 +166,23 @@ pub async fn run(options: Options) -> Result<Ending> {
     result
 }
 
+impl Options {
+    /// Data groups the cluster gets: `--groups`, or one per node.
+    fn effective_groups(&self) -> u32 {
+        match self.groups {
+            0 => u32::try_from(self.nodes).expect("at most NODES_MAX nodes"),
+            groups => groups,
+        }
+    }
+}
+
 fn header(options: &Options) -> String {
     let kinds: Vec<&str> = options.nemesis.iter().map(|k| k.name()).collect();
     format!(
-        "leasehold-jepsen: {} nodes, {} s, nemesis {}, workload {}, seed {}",
+        "leasehold-jepsen: {} nodes, {} groups, {} slots, {} s, nemesis {}, workload {}, seed {}",
         options.nodes,
+        options.effective_groups(),
+        options.slots,
         options.time_limit,
         if kinds.is_empty() {
             "none".into()
@@ -200,16 +225,27 @@ async fn drive(
     out: &Path,
 ) -> Result<Ending> {
     let clients = Clients::new(&cluster.nodes);
-    phases::wait_ready(cluster, &clients)
+    let map = phases::wait_ready(cluster, &clients)
         .await
         .context("the fresh cluster never became ready")?;
+    // The history names each key's slot by the count asked for; a cluster
+    // hashing by another would make the checkers compare unrelated tokens.
+    let groups = u32::try_from(map.groups.len()).unwrap_or(u32::MAX);
+    if (map.slot_count, groups) != (options.slots, options.effective_groups()) {
+        bail!(
+            "asked for {} slots in {} groups, the cluster has {} in {groups}",
+            options.slots,
+            options.effective_groups(),
+            map.slot_count
+        );
+    }
     let start = Instant::now();
     let history_path = out.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history_path, start)?);
     let ctx = Arc::new(Ctx {
         clients: clients.clone(),
         recorder: Arc::clone(&recorder),
-        keys: options.workload.keys(options.partitions),
+        keys: options.workload.keys(options.slots),
         workload: options.workload,
         resources: resource::Resources::default(),
     });
@@ -242,7 +278,7 @@ async fn drive(
         options.workload.settle_ms()
     );
     match phases::wait_ready(cluster, &clients).await {
-        Ok(()) => {
+        Ok(_) => {
             if let Err(error) = phases::wait_stable(&clients).await {
                 problems.push(format!("after healing: {error:#}"));
             }

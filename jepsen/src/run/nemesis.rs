@@ -203,12 +203,12 @@ async fn resolve(cluster: &Cluster, clients: &Clients, who: &Who) -> (Vec<NodeId
     }
 }
 
-/// The node leading the most partitions, the lowest id among equals.
+/// The node leading the most groups, the lowest id among equals.
 async fn leader(clients: &Clients) -> Option<NodeId> {
-    let map = clients.partition_map(MAP_TIMEOUT).await?;
+    let map = clients.slot_map(MAP_TIMEOUT).await?;
     let mut counts: std::collections::BTreeMap<NodeId, usize> = Default::default();
-    for p in map.partitions.iter().filter(|p| p.leader_node_id != 0) {
-        *counts.entry(p.leader_node_id).or_default() += 1;
+    for g in map.groups.iter().filter(|g| g.leader_node_id != 0) {
+        *counts.entry(g.leader_node_id).or_default() += 1;
     }
     let most = counts.values().copied().max()?;
     counts

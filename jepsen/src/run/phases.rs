@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use leasehold::proto::v1::SlotMap;
 use leasehold_jepsen::history::{EventKind, Op, Phase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::client::Clients;
+use super::client::{every_group_led, Clients};
 use super::cluster::Cluster;
 use super::workload::{Call, Ctx, Key, KeyKind, Proc, Workload, FINAL_PROCESS};
 
@@ -23,9 +24,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long leaders must stay put before the final phase starts.
 const STABLE_FOR: Duration = Duration::from_secs(4);
 
-/// Waits until every node answers `/ready` and some node's partition map
-/// names a leader for every partition.
-pub async fn wait_ready(cluster: &Cluster, clients: &Clients) -> Result<()> {
+/// Waits until every node answers `/ready` and some node's slot map
+/// names a leader for every group, and returns that map.
+pub async fn wait_ready(cluster: &Cluster, clients: &Clients) -> Result<SlotMap> {
     let deadline = Instant::now() + READY_TIMEOUT;
     for node in &cluster.nodes {
         while !http_ready(&node.http_addr()).await {
@@ -36,35 +37,36 @@ pub async fn wait_ready(cluster: &Cluster, clients: &Clients) -> Result<()> {
         }
     }
     loop {
-        let map = clients.partition_map(PROBE_TIMEOUT).await;
-        if map.is_some_and(|m| m.partitions.iter().all(|p| p.leader_node_id != 0)) {
-            return Ok(());
+        if let Some(map) = clients.slot_map(PROBE_TIMEOUT).await {
+            if every_group_led(&map) {
+                return Ok(map);
+            }
         }
         if Instant::now() >= deadline {
-            bail!("partitions still without a leader after {READY_TIMEOUT:?}");
+            bail!("groups still without a leader after {READY_TIMEOUT:?}");
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// Waits until the partition leaders stay the same for [`STABLE_FOR`], so
+/// Waits until the group leaders stay the same for [`STABLE_FOR`], so
 /// that the final phase, where every call must succeed, does not meet a
-/// leadership still moving (placement hands partitions back to their
+/// leadership still moving (placement hands groups back to their
 /// preferred replicas a few seconds after a node returns).
 pub async fn wait_stable(clients: &Clients) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let mut since: Option<(Vec<u64>, Instant)> = None;
+    let mut since: Option<(Vec<(u32, u64)>, Instant)> = None;
     loop {
         let leaders = clients
-            .partition_map(PROBE_TIMEOUT)
+            .slot_map(PROBE_TIMEOUT)
             .await
+            .filter(every_group_led)
             .map(|m| {
-                m.partitions
+                m.groups
                     .iter()
-                    .map(|p| p.leader_node_id)
+                    .map(|g| (g.group_id, g.leader_node_id))
                     .collect::<Vec<_>>()
-            })
-            .filter(|leaders| leaders.iter().all(|&id| id != 0));
+            });
         since = match (leaders, since) {
             (Some(now), Some((before, at))) if now == before => {
                 if at.elapsed() >= STABLE_FOR {
@@ -76,7 +78,7 @@ pub async fn wait_stable(clients: &Clients) -> Result<()> {
             (None, _) => None,
         };
         if Instant::now() >= deadline {
-            bail!("partition leaders still moving after {READY_TIMEOUT:?}");
+            bail!("group leaders still moving after {READY_TIMEOUT:?}");
         }
         tokio::time::sleep(POLL).await;
     }

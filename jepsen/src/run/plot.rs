@@ -236,7 +236,7 @@ mod tests {
             outcome,
             op: Op::Inspect(Inspect {
                 key: "k".into(),
-                partition: 0,
+                slot: 0,
                 holders: None,
             }),
             node: None,

@@ -52,7 +52,7 @@ impl NemesisKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Who {
     Node(NodeId),
-    /// The node leading the most partitions when the fault starts.
+    /// The node leading the most groups when the fault starts.
     Leader,
     Nodes(Vec<NodeId>),
     All,

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leasehold::partition::partition_of;
 use leasehold::proto::v1::acquire_response::Result as AcquireResult;
 use leasehold::proto::v1::constraint::Kind;
 use leasehold::proto::v1::{
     self, AcquireRequest, Constraint, ConstraintKind, ExtendRequest, InspectRequest, ReleaseRequest,
 };
+use leasehold::slot::slot_of;
 use leasehold_jepsen::history::{self, Access, EventKind, Op, Phase, ThrottleKind, STALE_TOKEN};
 
 use super::client::{call, request, Answer, Clients};
@@ -80,10 +80,11 @@ impl Workload {
     }
 
     /// The keys this workload uses, each the scope and constraint key at
-    /// once, with its limits.
-    pub fn keys(self, partitions: u32) -> Vec<Key> {
+    /// once, with its limits and its slot in a cluster of `slot_count`
+    /// slots.
+    pub fn keys(self, slot_count: u32) -> Vec<Key> {
         let key = |name: String, kind| Key {
-            partition: partition_of(&name, partitions),
+            slot: slot_of(&name, slot_count),
             name,
             kind,
         };
@@ -187,7 +188,8 @@ pub enum KeyKind {
 #[derive(Clone, Debug)]
 pub struct Key {
     pub name: String,
-    pub partition: u32,
+    /// The hash slot of the key's scope: its lease ids' and tokens' namespace.
+    pub slot: u32,
     pub kind: KeyKind,
 }
 
@@ -318,7 +320,7 @@ impl Proc {
     pub fn access(&self, key: &Key, token: u64, write: Option<u64>) -> Option<u64> {
         let mut f = history::Fenced {
             key: key.name.clone(),
-            partition: key.partition,
+            slot: key.slot,
             access: if write.is_some() {
                 Access::Write
             } else {
@@ -493,7 +495,7 @@ fn invoke_op(call: &Call) -> Op {
         } => Op::Acquire(history::Acquire {
             key: key.name.clone(),
             limit: key.limit(),
-            partition: key.partition,
+            slot: key.slot,
             idem: idem.clone(),
             ttl_ms: *ttl_ms,
             lease: None,
@@ -518,7 +520,7 @@ fn invoke_op(call: &Call) -> Op {
             };
             Op::Throttle(history::Throttle {
                 key: key.name.clone(),
-                partition: key.partition,
+                slot: key.slot,
                 idem: idem.clone(),
                 kind,
                 limit,
@@ -536,7 +538,7 @@ fn invoke_op(call: &Call) -> Op {
         } => Op::Extend(history::Extend {
             key: key.name.clone(),
             limit: key.limit(),
-            partition: key.partition,
+            slot: key.slot,
             idem: idem.clone(),
             lease: *lease,
             ttl_ms: *ttl_ms,
@@ -545,7 +547,7 @@ fn invoke_op(call: &Call) -> Op {
         Call::Release { key, idem, lease } => Op::Release(history::Release {
             key: key.name.clone(),
             limit: key.limit(),
-            partition: key.partition,
+            slot: key.slot,
             idem: idem.clone(),
             lease: *lease,
             was_held: None,
@@ -553,7 +555,7 @@ fn invoke_op(call: &Call) -> Op {
         }),
         Call::Inspect { key } => Op::Inspect(history::Inspect {
             key: key.name.clone(),
-            partition: key.partition,
+            slot: key.slot,
             holders: None,
         }),
     }
