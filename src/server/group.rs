@@ -93,6 +93,7 @@ impl Group {
         let network = GroupNetworkFactory {
             group: id,
             peers: Arc::clone(peers),
+            heartbeat_interval: Duration::from_millis(options.raft.heartbeat_interval),
         };
         let raft = Raft::new(options.node_id, Arc::clone(&options.raft), network, log, sm)
             .await
