@@ -1,8 +1,9 @@
 //! The Raft log and vote of one group, in the node's shared RocksDB.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -11,8 +12,13 @@ use rocksdb::WriteBatch;
 use super::db::{self, DbError, RaftDb, CF_LOG, CF_RAFT, TAG_PURGED, TAG_VOTE};
 use super::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
+/// Entries of the log's tail kept in memory. Replication reads each new
+/// entry once per follower and the state machine once more, right after
+/// it is appended: from here, that costs no RocksDB read and no decoding.
+pub const LOG_TAIL_ENTRIES: usize = 256;
+
 /// The log store of one group: a group id over the shared database. Cheap
-/// to clone; it is its own log reader.
+/// to clone; clones share the tail, and it is its own log reader.
 ///
 /// Every write goes into RocksDB in the order openraft issues it and becomes
 /// durable with the next shared WAL sync, so a crash keeps a prefix of the
@@ -21,11 +27,77 @@ use super::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 pub struct LogStore {
     db: Arc<RaftDb>,
     group: GroupId,
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// The last entries appended, at consecutive indexes; the same as what
+/// RocksDB holds for them.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<Entry>,
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// `[start, end)` if the tail holds all of it.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let past_last = first + self.entries.len() as u64;
+        if start < first || end > past_last {
+            return None;
+        }
+        let range = (start - first) as usize..(end - first) as usize;
+        Some(self.entries.range(range).cloned().collect())
+    }
+
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(next) = entries.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        let follows = self
+            .first_index()
+            .is_some_and(|first| first + self.entries.len() as u64 == next);
+        if !follows {
+            self.entries.clear();
+        }
+        self.entries.extend(entries.iter().cloned());
+        let excess = self.entries.len().saturating_sub(LOG_TAIL_ENTRIES);
+        self.entries.drain(..excess);
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        if let Some(first) = self.first_index() {
+            let keep = index.saturating_sub(first) as usize;
+            self.entries.truncate(keep);
+        }
+    }
+
+    /// Drops the entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        if let Some(first) = self.first_index() {
+            let drop = (index + 1).saturating_sub(first) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<RaftDb>, group: GroupId) -> Self {
-        LogStore { db, group }
+        LogStore {
+            db,
+            group,
+            tail: Arc::default(),
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // The tail is only a cache of RocksDB: a panic while it was held
+        // left it whole or cleared, never inconsistent with the log.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn group(&self) -> GroupId {
@@ -50,6 +122,9 @@ impl LogStore {
     }
 
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, DbError> {
+        if let Some(entries) = self.tail().get(start, end) {
+            return Ok(entries);
+        }
         let from = db::log_key(self.group, start);
         let to = db::log_key(self.group, end);
         self.db
@@ -60,15 +135,20 @@ impl LogStore {
     }
 
     fn write_entries(&self, entries: impl Iterator<Item = Entry>) -> Result<u64, DbError> {
+        let entries: Vec<Entry> = entries.collect();
         let mut batch = WriteBatch::default();
-        let mut count = 0;
-        for entry in entries {
+        for entry in &entries {
             let key = db::log_key(self.group, entry.log_id.index);
-            batch.put_cf(self.db.cf(CF_LOG), key, db::encode(&entry, "log entry")?);
-            count += 1;
+            batch.put_cf(self.db.cf(CF_LOG), key, db::encode(entry, "log entry")?);
         }
-        self.db.write(batch)?;
-        Ok(count)
+        let mut tail = self.tail();
+        let written = self.db.write(batch);
+        match written {
+            Ok(()) => tail.append(&entries),
+            // What reached RocksDB is unknown: read it from there.
+            Err(_) => tail.entries.clear(),
+        }
+        written.map(|()| entries.len() as u64)
     }
 
     fn put_raft<T: serde::Serialize>(&self, tag: u8, value: &T) -> Result<(), DbError> {
@@ -184,6 +264,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = db::log_key(self.group, log_id.index);
         let to = db::log_key(self.group, u64::MAX);
         batch.delete_range_cf(self.db.cf(CF_LOG), from, to);
+        let mut tail = self.tail();
+        tail.truncate(log_id.index);
         self.db.write(batch).map_err(write_err)
     }
 
@@ -201,6 +283,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = db::log_key(self.group, 0);
         let to = db::log_key(self.group, log_id.index.saturating_add(1));
         batch.delete_range_cf(self.db.cf(CF_LOG), from, to);
+        let mut tail = self.tail();
+        tail.purge(log_id.index);
         self.db.write(batch).map_err(write_err)
     }
 }

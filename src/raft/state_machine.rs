@@ -76,7 +76,9 @@ struct StoredSnapshotRef<'a> {
 
 struct State {
     engine: Engine<MemStore>,
-    map: SlotMap,
+    /// Shared with every call that routes by it: replaced, never changed
+    /// in place, when a map change applies.
+    map: Arc<SlotMap>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -86,7 +88,7 @@ impl State {
         let Some(ck) = checkpoint else {
             return Ok(State {
                 engine: Engine::new(MemStore::new(), config),
-                map: SlotMap::default(),
+                map: Arc::default(),
                 last_applied: None,
                 membership: StoredMembership::default(),
             });
@@ -97,7 +99,7 @@ impl State {
         })?;
         Ok(State {
             engine: Engine::new(store, config),
-            map: ck.map,
+            map: Arc::new(ck.map),
             last_applied: ck.last_applied,
             membership: ck.membership,
         })
@@ -108,7 +110,7 @@ impl State {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             engine: self.engine.store().encode(),
-            map: self.map.clone(),
+            map: SlotMap::clone(&self.map),
         }
     }
 
@@ -123,7 +125,7 @@ impl State {
                     .collect(),
             },
             EntryPayload::Normal(Request::Meta(cmd)) => {
-                self.map.apply(&cmd);
+                Arc::make_mut(&mut self.map).apply(&cmd);
                 Response::default()
             }
             EntryPayload::Membership(membership) => {
@@ -173,8 +175,8 @@ impl EngineHandle {
     }
 
     /// The slot map as of the last applied entry (the metadata group).
-    pub fn slot_map(&self) -> SlotMap {
-        self.read_state().map.clone()
+    pub fn slot_map(&self) -> Arc<SlotMap> {
+        Arc::clone(&self.read_state().map)
     }
 }
 

@@ -12,6 +12,7 @@ use openraft::{
 };
 use tempfile::TempDir;
 
+use super::log_store::LOG_TAIL_ENTRIES;
 use super::state_machine::{checkpoint_interval, CHECKPOINT_INTERVAL_ENTRIES};
 use super::types::{Entry, LogId, StorageError};
 use super::{GroupId, LogStore, RaftDb, Request, Response, StateMachine};
@@ -42,7 +43,10 @@ fn membership(term: u64, index: u64) -> Entry {
 fn normal(term: u64, index: u64, stamp_ms: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Request::Engine { stamp_ms, commands }),
+        payload: EntryPayload::Normal(Request::Engine {
+            stamp_ms,
+            commands: commands.into(),
+        }),
     }
 }
 
@@ -150,6 +154,42 @@ async fn groups_sharing_a_db_are_isolated() {
     assert_eq!(state.last_log_id, Some(log_id(1, 5)));
     assert_eq!(one.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
     assert_eq!(two.read_vote().await.unwrap(), None);
+}
+
+/// The in-memory tail and RocksDB agree on every read, across appends
+/// past the tail's size, a truncation with entries of a new term, and a
+/// purge: reads inside the tail and reads that reach past it alike.
+#[tokio::test]
+async fn the_log_tail_reads_as_rocksdb_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = RaftDb::open(dir.path()).unwrap();
+    let mut log = LogStore::new(Arc::clone(&db), 5);
+    let total = LOG_TAIL_ENTRIES as u64 + 50;
+    log.blocking_append((1..=total).map(|i| blank(1, i)))
+        .await
+        .unwrap();
+    log.truncate(log_id(1, total - 10)).await.unwrap();
+    log.blocking_append((total - 10..=total).map(|i| blank(2, i)))
+        .await
+        .unwrap();
+    log.purge(log_id(1, 20)).await.unwrap();
+
+    // A store without a tail reads RocksDB alone.
+    let mut cold = LogStore::new(db, 5);
+    for (start, end) in [
+        (21, 30),
+        (21, total + 1),
+        (total - 20, total + 1),
+        (total, total + 1),
+    ] {
+        let warm = log.try_get_log_entries(start..end).await.unwrap();
+        let from_disk = cold.try_get_log_entries(start..end).await.unwrap();
+        let ids = |es: &[Entry]| es.iter().map(|e| e.log_id).collect::<Vec<_>>();
+        assert_eq!(ids(&warm), ids(&from_disk), "entries {start}..{end}");
+        assert_eq!(warm.len() as u64, end - start, "entries {start}..{end}");
+    }
+    let last = log.try_get_log_entries(total..=total).await.unwrap();
+    assert_eq!(last[0].log_id, log_id(2, total));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

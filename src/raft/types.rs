@@ -2,6 +2,7 @@
 //! one result per command out.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,9 @@ pub enum Request {
     /// commands share one round of consensus.
     Engine {
         stamp_ms: u64,
-        commands: Vec<Command>,
+        /// Shared, so the log's in-memory tail, replication and apply hand
+        /// an entry around without copying its commands.
+        commands: Arc<[Command]>,
     },
     /// A change to the slot map (the metadata group only).
     Meta(MetaCommand),

@@ -320,7 +320,7 @@ async fn propose_loop(
         metrics::histogram!("leasehold_batch_commands").record(commands.len() as f64);
         let request = Request::Engine {
             stamp_ms: clock::now_ms(),
-            commands,
+            commands: commands.into(),
         };
         let responder = match raft.client_write_ff(request).await {
             Ok(rx) => rx,

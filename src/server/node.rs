@@ -102,7 +102,7 @@ impl Node {
     }
 
     /// The committed slot map; empty until bootstrap commits it.
-    pub fn slot_map(&self) -> SlotMap {
+    pub fn slot_map(&self) -> Arc<SlotMap> {
         self.meta().map(|m| m.engine.slot_map()).unwrap_or_default()
     }
 
