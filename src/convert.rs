@@ -7,11 +7,11 @@
 //! in one place. Engine → proto conversions leave `served_by` unset: only
 //! the server knows who it is.
 
-use prost::{Message, Name};
 use tonic::{Code, Status};
 
 use crate::engine::{self, Applied, EngineError, ErrorCode, Outcome};
 use crate::proto::v1;
+use crate::wire::error_status;
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -490,57 +490,12 @@ impl From<EngineError> for Status {
     }
 }
 
-/// `google.rpc.Status`: gRPC libraries read `grpc-status-details-bin` as
-/// one, and grpc-go fails a call as INTERNAL ("malformed
-/// grpc-status-details-bin") when the bytes are anything else. Declared here
-/// because the crate does not depend on the googleapis protos.
-#[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<ProtoAny>,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, Message)]
-struct ProtoAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-/// A status with `detail` in its details, wrapped as the proto's ERRORS
-/// section promises. Also for the server's own errors (NOT_LEADER,
-/// WRONG_EPOCH), which carry a leader hint.
-pub fn error_status(code: Code, message: impl Into<String>, detail: &v1::ErrorDetail) -> Status {
-    let message = message.into();
-    let envelope = RpcStatus {
-        code: code.into(),
-        message: message.clone(),
-        details: vec![ProtoAny {
-            type_url: v1::ErrorDetail::type_url(),
-            value: detail.encode_to_vec(),
-        }],
-    };
-    Status::with_details(code, message, envelope.encode_to_vec().into())
-}
-
-/// The `ErrorDetail` of a Leasehold error status; `None` when it carries
-/// none (a transport error, or a server outside this contract).
-pub fn error_detail(status: &Status) -> Option<v1::ErrorDetail> {
-    let envelope = RpcStatus::decode(status.details()).ok()?;
-    let url = v1::ErrorDetail::type_url();
-    let any = envelope.details.into_iter().find(|a| a.type_url == url)?;
-    v1::ErrorDetail::decode(any.value.as_slice()).ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
+    use crate::wire::error_detail;
 
     fn throttle() -> v1::Constraint {
         v1::Constraint {
@@ -1037,29 +992,6 @@ mod tests {
                     ..Default::default()
                 }
             );
-            // The envelope repeats code and message, as gRPC requires.
-            let envelope = RpcStatus::decode(status.details()).unwrap();
-            assert_eq!(envelope.code, i32::from(code));
-            assert_eq!(envelope.message, message);
-            assert_eq!(
-                envelope.details[0].type_url,
-                "type.googleapis.com/leasehold.v1.ErrorDetail"
-            );
         }
-    }
-
-    #[test]
-    fn leader_hints_travel_in_the_detail() {
-        let hint = v1::ErrorDetail {
-            code: "NOT_LEADER".into(),
-            field: String::new(),
-            leader_node_id: 3,
-            leader_address: "10.0.0.3:7400".into(),
-            epoch: 12,
-        };
-        let status = error_status(Code::Unavailable, "not the leader of group 4", &hint);
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(error_detail(&status), Some(hint));
-        assert_eq!(error_detail(&Status::unavailable("connection reset")), None);
     }
 }

@@ -24,6 +24,8 @@
 //! - [`client`]: the Rust client: slot-map routing, retries across
 //!   leader changes with the same idempotency key, lease handles with
 //!   keep-alive and release on drop.
+//! - [`wire`]: what client and server share beside the proto: metadata
+//!   keys, the routing codes (NOT_LEADER, WRONG_EPOCH) and error details.
 //! - [`mux`]: many calls over one bidirectional gRPC stream, answered by
 //!   call id (the Raft transport and the client's session).
 //! - [`config`]: the server's configuration from flags, environment and a
@@ -39,3 +41,4 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod slot;
+pub mod wire;

@@ -10,7 +10,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use leasehold::convert::error_detail;
 use leasehold::proto::v1::acquire_response::Result as AcquireResult;
 use leasehold::proto::v1::constraint::Kind;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
@@ -20,6 +19,7 @@ use leasehold::proto::v1::{
     InspectRequest, InspectResponse, RateLimit, ReleaseRequest, ReleaseResponse, Semaphore,
     ServedBy, SetCapacityRequest, Throttle,
 };
+use leasehold::wire::error_detail;
 use support::{
     assert_same_state, create_log, describe_digests, free_ports, group_in, is_transient,
     leasehold_command, metric_sum, read_lossy, retry_transient, Cluster, ClusterConfig,

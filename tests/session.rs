@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use leasehold::convert::error_detail;
 use leasehold::proto::v1::{
     self, acquire_response, constraint, session_call, session_reply, SessionCall, SessionReply,
 };
+use leasehold::wire::error_detail;
 use support::{Cluster, ClusterConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

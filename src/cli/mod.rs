@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use leasehold::client::{Client, ClientConfig};
-use leasehold::convert::error_detail;
 use leasehold::proto::v1::KeyAction;
+use leasehold::wire::error_detail;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 

@@ -164,7 +164,7 @@ impl Lease {
                             last = None;
                             break;
                         }
-                        Err(status) if crate::convert::error_detail(&status).is_some() => {
+                        Err(status) if crate::wire::error_detail(&status).is_some() => {
                             let _ = tx.send(lost(status));
                             return;
                         }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::convert::error_detail;
 use crate::mux::{Mux, MuxError, Tagged};
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::{self, session_call, session_reply, GetSlotMapRequest, ServedBy};
 use crate::slot::{owner, slot_of, SlotRange};
+use crate::wire::{error_detail, Redirect};
 
 impl Tagged for v1::SessionReply {
     fn call_id(&self) -> u64 {
@@ -143,7 +143,7 @@ impl Conn {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         request.metadata_mut().insert(
-            crate::server::api::EPOCH_HEADER,
+            crate::wire::EPOCH_HEADER,
             tonic::metadata::MetadataValue::from(self.epoch),
         );
         (LeaseholdClient::new(self.channel.clone()), request)
@@ -415,8 +415,8 @@ impl Router {
     }
 
     async fn classify(&self, group: u32, status: Status) -> Failure {
-        match error_detail(&status) {
-            Some(d) if d.code == "NOT_LEADER" => {
+        match Redirect::of(&status) {
+            Some((Redirect::NotLeader, d)) => {
                 let hint = (!d.leader_address.is_empty()).then(|| d.leader_address.clone());
                 if hint.is_none() {
                     let _ = self.refresh().await;
@@ -424,12 +424,13 @@ impl Router {
                 self.set_leader(group, hint);
                 Failure::Retry(status)
             }
-            Some(d) if d.code == "WRONG_EPOCH" => {
+            Some((Redirect::WrongEpoch, _)) => {
                 self.set_leader(group, None);
                 let _ = self.refresh().await;
                 Failure::Retry(status)
             }
-            Some(_) => Failure::Final(status),
+            // The call's own answer (a lease lost, an invalid argument).
+            None if error_detail(&status).is_some() => Failure::Final(status),
             None => match status.code() {
                 // The node is gone or overloaded, or the attempt timed out
                 // (a mutating call may have applied: the retry replays it).

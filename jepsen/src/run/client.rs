@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use leasehold::client::{SessionChannel, Streamable};
 
-use leasehold::convert::error_detail;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
 use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
+use leasehold::wire::error_detail;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -183,8 +183,8 @@ fn classify<T>(status: &Status) -> Answer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leasehold::convert::error_status;
     use leasehold::proto::v1::ErrorDetail;
+    use leasehold::wire::error_status;
 
     fn coded(code: Code, detail: &str) -> Status {
         let detail = ErrorDetail {

@@ -1,0 +1,249 @@
+//! The public `leasehold.v1` service. The impl of the service only
+//! delegates:
+//!
+//! - [`route`]: locate the scope's group and its leader; execute the call
+//!   here or forward it (one hop at most).
+//! - [`waiting`]: acquires that wait for capacity on the leader, in turns.
+//! - [`session`]: many calls over one `Session` stream.
+
+mod route;
+mod session;
+mod waiting;
+
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
+use tonic::{Request, Response, Status};
+
+use super::node::Node;
+use super::turns::Turns;
+use crate::convert::{CheckArgs, InspectArgs};
+use crate::engine::{Applied, Command, Outcome};
+use crate::limits::{SESSION_IN_FLIGHT_MAX, WAITERS_MAX, WAITER_BYTES_MAX};
+use crate::mux::{self, Replies};
+use crate::proto::v1;
+use crate::proto::v1::leasehold_server::Leasehold;
+use route::Exec;
+
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+    /// Turns true when the server stops: open sessions end, so the
+    /// graceful shutdown does not wait on them.
+    closing: watch::Receiver<bool>,
+    /// Slots for parked acquires on this node.
+    waiters: Arc<Semaphore>,
+    /// Bytes parked acquires may keep on this node.
+    waiter_bytes: Arc<Semaphore>,
+    /// Whose turn it is to retry, per first constraint key with waiters.
+    turns: Turns,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>) -> Api {
+        Api {
+            node,
+            closing,
+            waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
+            waiter_bytes: Arc::new(Semaphore::new(WAITER_BYTES_MAX)),
+            turns: Turns::default(),
+        }
+    }
+
+    /// The slot map as this node knows it, each group's leader as fresh as
+    /// this node's own view of it.
+    fn slot_map_reply(&self) -> Result<v1::SlotMap, Status> {
+        let map = self.node.slot_map();
+        if !map.is_initialized() {
+            return Err(Status::unavailable("this node has no slot map yet"));
+        }
+        let groups = map
+            .groups
+            .iter()
+            .map(|(&id, p)| {
+                // A replica's own view is fresher than the recorded hint.
+                let (leader, term) = match self.node.group(id).map(|g| g.leader()) {
+                    Some((Some(leader), term)) => (leader, term),
+                    _ => (p.leader, p.leader_term),
+                };
+                v1::Group {
+                    group_id: id,
+                    replica_node_ids: p.replicas.clone(),
+                    leader_node_id: leader,
+                    leader_term: term,
+                    slot_count: map.slots_of(id),
+                }
+            })
+            .collect();
+        let slot_ranges = map
+            .ranges
+            .iter()
+            .map(|r| v1::SlotRange {
+                first_slot: r.first,
+                last_slot: r.last,
+                group_id: r.group,
+            })
+            .collect();
+        let nodes = map
+            .nodes
+            .iter()
+            .map(|(id, addr)| v1::Node {
+                node_id: *id,
+                grpc_address: addr.clone(),
+            })
+            .collect();
+        Ok(v1::SlotMap {
+            epoch: map.epoch,
+            slot_count: map.slot_count,
+            hash_function: crate::slot::HASH_FUNCTION.into(),
+            slot_ranges,
+            groups,
+            nodes,
+        })
+    }
+}
+
+/// An applied acquire as its reply, counted in the grant and denial metrics.
+fn acquire_reply(applied: Applied) -> Result<v1::AcquireResponse, Status> {
+    count_outcome(&applied);
+    applied.try_into()
+}
+
+fn count_outcome(applied: &Applied) {
+    if applied.replayed {
+        return;
+    }
+    match &applied.outcome {
+        Outcome::Granted(g) => {
+            for u in &g.usage {
+                metrics::counter!("leasehold_grants_total", "kind" => u.kind.as_str()).increment(1);
+            }
+        }
+        Outcome::Denied(d) => {
+            for u in &d.blocking {
+                metrics::counter!("leasehold_denials_total", "kind" => u.kind.as_str())
+                    .increment(1);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tonic::async_trait]
+impl Leasehold for Api {
+    async fn acquire(
+        &self,
+        request: Request<v1::AcquireRequest>,
+    ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.acquire_call(request).await
+    }
+
+    async fn extend(
+        &self,
+        request: Request<v1::ExtendRequest>,
+    ) -> Result<Response<v1::ExtendResponse>, Status> {
+        self.mutate(request, Command::Extend).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.mutate(request, Command::Release).await
+    }
+
+    async fn check(
+        &self,
+        request: Request<v1::CheckRequest>,
+    ) -> Result<Response<v1::CheckResponse>, Status> {
+        self.serve(request, |r| {
+            let args = CheckArgs::try_from(r.clone())?;
+            Ok(Exec::Read(Box::new(move |engine, now| {
+                let result = engine.check(
+                    &args.scope,
+                    &args.constraints,
+                    args.amount,
+                    args.min_amount,
+                    now,
+                )?;
+                Ok(result.into())
+            })))
+        })
+        .await
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<v1::InspectRequest>,
+    ) -> Result<Response<v1::InspectResponse>, Status> {
+        let turns = self.turns.clone();
+        self.serve(request, move |r| {
+            let args = InspectArgs::try_from(r.clone())?;
+            let turns = turns.clone();
+            Ok(Exec::Read(Box::new(move |engine, now| {
+                let mut reply: v1::InspectResponse = engine
+                    .inspect(&args.scope, args.kind, &args.key, now)?
+                    .into();
+                // Waiters park on the leader, which is who reads here.
+                let name = waiting::queue_name(&args.scope, args.kind.as_str(), &args.key);
+                reply.waiters = u32::try_from(turns.waiters(&name)).unwrap_or(u32::MAX);
+                Ok(reply)
+            })))
+        })
+        .await
+    }
+
+    async fn admin_key(
+        &self,
+        request: Request<v1::AdminKeyRequest>,
+    ) -> Result<Response<v1::AdminKeyResponse>, Status> {
+        self.serve(request, |r| {
+            let cmd = Command::Admin(r.clone().try_into()?);
+            Self::write::<v1::AdminKeyRequest>(cmd, |a| a.try_into())
+        })
+        .await
+    }
+
+    async fn set_capacity(
+        &self,
+        request: Request<v1::SetCapacityRequest>,
+    ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.mutate(request, Command::SetCapacity).await
+    }
+
+    async fn adjust_capacity(
+        &self,
+        request: Request<v1::AdjustCapacityRequest>,
+    ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.mutate(request, Command::AdjustCapacity).await
+    }
+
+    type SessionStream = Replies<v1::SessionReply>;
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<v1::SessionCall>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.node.is_stopping() {
+            return Err(Status::unavailable("this node is stopping"));
+        }
+        let api = self.clone();
+        let replies = mux::serve(
+            request.into_inner(),
+            self.closing.clone(),
+            SESSION_IN_FLIGHT_MAX,
+            move |call| {
+                let api = api.clone();
+                async move { api.serve_session_call(call).await }
+            },
+        );
+        Ok(Response::new(replies))
+    }
+
+    async fn get_slot_map(
+        &self,
+        _request: Request<v1::GetSlotMapRequest>,
+    ) -> Result<Response<v1::SlotMap>, Status> {
+        self.slot_map_reply().map(Response::new)
+    }
+}
