@@ -38,9 +38,14 @@ impl Session {
     }
 
     async fn send(&self, call_id: u64, call: Option<session_call::Call>) {
+        self.send_within(call_id, call, 0).await;
+    }
+
+    /// Sends a call with its own deadline, `timeout_ms` (0: none).
+    async fn send_within(&self, call_id: u64, call: Option<session_call::Call>, timeout_ms: u64) {
         let call = SessionCall {
             call_id,
-            timeout_ms: 0,
+            timeout_ms,
             epoch: 0,
             call,
         };
@@ -214,4 +219,47 @@ async fn a_session_ends_when_its_node_shuts_down() {
     // The open session does not hold the graceful shutdown up.
     let exit = cluster.wait_exit(node, Duration::from_secs(20)).await;
     assert!(exit.success(), "expected a clean exit, got {exit}");
+}
+
+/// A waiting acquire whose call has a deadline shorter than its wait is
+/// answered DEADLINE_EXCEEDED when the deadline passes, not when the wait
+/// runs out; and it stops waiting then: capacity freed afterwards does not
+/// go to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_acquire_ends_at_its_calls_deadline() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let scope = "acct-session-deadline";
+    let leader = cluster.leader_of(scope).await;
+    let mut session = Session::open(&cluster, leader).await;
+    session.send(1, acquire(scope, "slot", 1, "d1", None)).await;
+    let holder = granted(&session.next().await, "the holder's acquire");
+
+    let sent = std::time::Instant::now();
+    session
+        .send_within(2, acquire(scope, "slot", 1, "d2", Some(8_000)), 500)
+        .await;
+    let reply = session.next().await;
+    let waited = sent.elapsed();
+    assert_eq!(reply.call_id, 2);
+    let exceeded = status(&reply, "an acquire parked past its deadline");
+    assert_eq!(
+        exceeded.code(),
+        tonic::Code::DeadlineExceeded,
+        "{exceeded:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "expected the answer at the 500 ms deadline, well before the 8 s wait ran out; took \
+         {waited:?}"
+    );
+
+    // Capacity that frees now stays free: the call that gave up holds none.
+    session.send(3, release(scope, holder.lease_id, "d3")).await;
+    session.next().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.send(4, acquire(scope, "slot", 1, "d4", None)).await;
+    granted(
+        &session.next().await,
+        "an acquire after the holder released, with the timed-out waiter gone",
+    );
 }

@@ -296,8 +296,19 @@ impl Client {
         // A waiting acquire is parked on the leader: each attempt, and the
         // call, may take that much longer.
         let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
+        let wait_until = sent_at + wait;
+        // A retry after a leader change carries on at the new leader with
+        // what is left of the wait.
+        let send = move |conn: Conn, mut request: v1::AcquireRequest| {
+            if request.wait_ms.is_some() {
+                request.wait_ms = Some(duration_ms(
+                    wait_until.saturating_duration_since(Instant::now()),
+                ));
+            }
+            conn.call(request)
+        };
         let reply = self
-            .call_waiting(&request.scope.clone(), request.clone(), Conn::call, wait)
+            .call_waiting(&request.scope.clone(), request.clone(), send, wait)
             .await?;
         match reply.result {
             Some(v1::acquire_response::Result::Granted(grant)) => {

@@ -42,6 +42,8 @@ pub(super) trait Call: Clone + Send + Sync + 'static {
     fn wait(&self) -> Duration {
         Duration::ZERO
     }
+    /// Sets how long the call may wait; only a call that waits has one.
+    fn set_wait(&mut self, _wait: Duration) {}
 }
 
 macro_rules! call {
@@ -63,6 +65,11 @@ macro_rules! call {
             }
             fn wait(&self) -> Duration {
                 Duration::from_millis(self.$wait.unwrap_or(0))
+            }
+            fn set_wait(&mut self, wait: Duration) {
+                if self.$wait.is_some() {
+                    self.$wait = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                }
             }
         }
     };
@@ -196,17 +203,14 @@ impl Api {
             }
         }
         // A waiting acquire may take its wait on top of the routing time.
-        let budget = ROUTE_TIMEOUT + request.get_ref().wait();
-        let deadline = Instant::now()
-            + grpc_timeout(request.metadata())
-                .unwrap_or(budget)
-                .min(budget);
-        let message = request.into_inner();
+        let wait_until = Instant::now() + request.get_ref().wait();
+        let deadline = Deadline::of(request.metadata(), ROUTE_TIMEOUT + request.get_ref().wait());
+        let mut message = request.into_inner();
         // Malformed input fails here, before any routing or proposal.
         let exec = exec(&message).map_err(Status::from)?;
         let (slot, group_id) = locate(&map, message.scope())?;
         loop {
-            match self.target(&map, group_id, deadline).await {
+            match self.target(&map, group_id, deadline.at).await {
                 Target::Here(group) => {
                     let served_by = ServedBy {
                         group_id,
@@ -219,6 +223,9 @@ impl Api {
                     }
                 }
                 Target::Peer { leader, addr } if hops == 0 => {
+                    // A waiter re-routed after a leader change waits only
+                    // what is left of its wait.
+                    message.set_wait(wait_until.saturating_duration_since(Instant::now()));
                     let forwarded = self.forward(&message, leader, &addr, hops, deadline).await;
                     if let Some(answer) = forwarded? {
                         return Ok(answer);
@@ -229,8 +236,12 @@ impl Api {
                 }
                 Target::Unknown => {}
             }
-            if Instant::now() >= deadline {
-                return Err(wire::not_leader(group_id, None, map.epoch));
+            if deadline.passed() {
+                return Err(if deadline.callers {
+                    deadline.exceeded()
+                } else {
+                    wire::not_leader(group_id, None, map.epoch)
+                });
             }
             tokio::time::sleep(ROUTE_RETRY).await;
         }
@@ -245,7 +256,7 @@ impl Api {
         leader: NodeId,
         addr: &str,
         hops: u32,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Option<Response<C::Reply>>, Status> {
         let channel = self
             .node
@@ -257,7 +268,7 @@ impl Api {
             wire::HOPS_HEADER,
             tonic::metadata::MetadataValue::from(hops + 1),
         );
-        forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        forwarded.set_timeout(deadline.remaining());
         match C::forward(LeaseholdClient::new(channel), forwarded).await {
             Ok(r) => Ok(Some(r)),
             Err(s) if retryable(&s) => {
@@ -323,17 +334,16 @@ async fn execute<C: Call>(
     group: &Group,
     exec: &Exec<C::Reply>,
     served_by: ServedBy,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Option<C::Reply>, Status> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
     let mut reply = match exec {
-        Exec::Write(cmd, reply) => match timeout(remaining, group.propose(cmd.clone())).await? {
+        Exec::Write(cmd, reply) => match deadline.bound(group.propose(cmd.clone())).await? {
             Ok(Ok(applied)) => reply(applied)?,
             Ok(Err(e)) => return Err(e.into()),
             Err(ProposeError::NotLeader(_)) => return Ok(None),
             Err(ProposeError::Stopped(why)) => return Err(Status::unavailable(why)),
         },
-        Exec::Read(read) => match timeout(remaining, group.raft.ensure_linearizable()).await? {
+        Exec::Read(read) => match deadline.bound(group.raft.ensure_linearizable()).await? {
             Ok(_) => {
                 let now = clock::now_ms();
                 group.engine.read(|e| read(e, now))?
@@ -364,16 +374,65 @@ pub(super) fn locate(map: &SlotMap, scope: &str) -> Result<(crate::slot::Slot, G
     })
 }
 
-/// Waits for a proposal or read index until the call's deadline. A
-/// proposal that times out may still apply: the caller retries with the
-/// same idempotency key to learn its outcome.
-pub(super) async fn timeout<T>(limit: Duration, f: impl Future<Output = T>) -> Result<T, Status> {
-    tokio::time::timeout(limit, f).await.map_err(|_| {
-        Status::unavailable(
-            "the group did not reach a quorum before the deadline; a mutating call may \
-             have applied: retry it with the same idempotency key",
+/// When a call must be answered, and whether that is the caller's own
+/// deadline (its `grpc-timeout`) or only how long this node may look for a
+/// leader and wait for a quorum.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Deadline {
+    pub at: Instant,
+    /// The caller's: once it passes, the answer is DEADLINE_EXCEEDED.
+    pub callers: bool,
+}
+
+impl Deadline {
+    /// The caller's deadline if it set one within `budget`, else `budget`
+    /// from now.
+    pub fn of(metadata: &MetadataMap, budget: Duration) -> Deadline {
+        match grpc_timeout(metadata) {
+            Some(timeout) if timeout <= budget => Deadline {
+                at: Instant::now() + timeout,
+                callers: true,
+            },
+            _ => Deadline {
+                at: Instant::now() + budget,
+                callers: false,
+            },
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// The answer once the caller's deadline has passed.
+    pub fn exceeded(&self) -> Status {
+        Status::deadline_exceeded(
+            "the call's deadline passed before it was answered; a mutating call may have \
+             applied: retry it with the same idempotency key",
         )
-    })
+    }
+
+    /// `f`'s output, unless the deadline passes first: then
+    /// DEADLINE_EXCEEDED if it is the caller's, else UNAVAILABLE. A
+    /// proposal cut off this way may still apply: the caller retries with
+    /// the same idempotency key to learn its outcome.
+    pub async fn bound<T>(&self, f: impl Future<Output = T>) -> Result<T, Status> {
+        let at = tokio::time::Instant::from_std(self.at);
+        tokio::time::timeout_at(at, f).await.map_err(|_| {
+            if self.callers {
+                self.exceeded()
+            } else {
+                Status::unavailable(
+                    "the group did not reach a quorum in time; a mutating call may have \
+                     applied: retry it with the same idempotency key",
+                )
+            }
+        })
+    }
 }
 
 /// The slot map epoch the client routed by (`leasehold-epoch`), if

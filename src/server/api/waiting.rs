@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
 use prost::Message as _;
 use tonic::{Code, Request, Response, Status};
 
-use super::route::{timeout, Call, ROUTE_TIMEOUT};
+use super::route::{Call, Deadline, ROUTE_TIMEOUT};
 use super::{acquire_reply, Api};
 use crate::engine::{self, Command, EngineError};
 use crate::limits::{
@@ -22,6 +23,17 @@ use crate::wire;
 /// The turn queue of waiters whose first constraint is (scope, kind, key).
 pub(super) fn queue_name(scope: &str, kind: &str, key: &str) -> String {
     format!("{scope}\0{kind}\0{key}")
+}
+
+/// A waiting acquire parked on its group's leader.
+struct Parked {
+    group: Arc<Group>,
+    /// What every reply says of who served it.
+    served_by: ServedBy,
+    acquire: engine::AcquireRequest,
+    wait: Duration,
+    /// The caller's deadline, or how long the call may take at most.
+    call: Deadline,
 }
 
 impl Api {
@@ -55,21 +67,27 @@ impl Api {
         if let Some((slot, group_id)) = map.locate(&request.get_ref().scope).filter(|_| wait_ms > 0)
         {
             if let Some(group) = self.node.group(group_id).filter(|g| g.is_leader()) {
+                let wait = Duration::from_millis(wait_ms);
+                let call = Deadline::of(request.metadata(), wait + ROUTE_TIMEOUT);
                 let message = request.into_inner();
                 // Malformed input fails before it waits.
                 let acquire: engine::AcquireRequest =
                     message.clone().try_into().map_err(Status::from)?;
                 engine::validate::acquire(&acquire).map_err(Status::from)?;
-                let wait = Duration::from_millis(wait_ms);
                 let served_by = ServedBy {
                     group_id,
                     leader_node_id: self.node.id,
                     epoch: map.epoch,
                     slot,
                 };
-                return self
-                    .wait_here(group, served_by, message, acquire, wait)
-                    .await;
+                let parked = Parked {
+                    group,
+                    served_by,
+                    acquire,
+                    wait,
+                    call,
+                };
+                return self.wait_here(parked, message).await;
             }
         }
         // Not the leader (or no wait): route as usual; a forwarded waiting
@@ -92,16 +110,23 @@ impl Api {
 
     /// An acquire that waits for capacity, on its group's leader: in its
     /// key's FIFO turn, it retries whenever capacity may have freed (or a
-    /// throttle's admission time comes) until granted or out of time.
-    /// `served_by` is what every reply says of who served it.
+    /// throttle's admission time comes) until granted or out of time. The
+    /// caller's deadline ends the wait with DEADLINE_EXCEEDED and nothing
+    /// proposed; a change of leadership ends it at once with NOT_LEADER, so
+    /// that the caller (or the node that forwarded it) carries on at the
+    /// new leader.
     async fn wait_here(
         &self,
-        group: Arc<Group>,
-        served_by: ServedBy,
+        parked: Parked,
         message: v1::AcquireRequest,
-        acquire: engine::AcquireRequest,
-        wait: Duration,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
+        let Parked {
+            group,
+            served_by,
+            acquire,
+            wait,
+            call,
+        } = parked;
         let Ok(_slot) = Arc::clone(&self.waiters).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this node already holds {WAITERS_MAX} waiting acquires; retry later or \
@@ -119,15 +144,20 @@ impl Api {
         };
         metrics::gauge!("leasehold_waiters")
             .set((WAITERS_MAX - self.waiters.available_permits()) as f64);
-        let deadline = tokio::time::Instant::now() + wait;
+        let wait_until = tokio::time::Instant::now() + wait;
+        let deadline = wait_until.min(tokio::time::Instant::from_std(call.at));
         let name = Self::queue_name(&message);
         let fairness = message.fairness_key;
         let result = async {
             // Held while this waiter decides; passed on once its proposal
             // is queued (or when the call ends).
             let (ticket, place) = self.turns.join(&name, &fairness);
-            let mut turn = wait_turn(place, deadline).await;
+            let mut turn = wait_turn(&group, place, deadline).await;
             loop {
+                let now = tokio::time::Instant::now();
+                if call.callers && now >= tokio::time::Instant::from_std(call.at) {
+                    return Err(call.exceeded());
+                }
                 if !group.is_leader() {
                     let hint = group.leader_hint(group.leader().0);
                     return Err(wire::not_leader(group.id, hint, served_by.epoch));
@@ -135,7 +165,6 @@ impl Api {
                 let changed = group.capacity_changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let now = tokio::time::Instant::now();
                 // An attempt is proposed only once the leader's applied
                 // state admits it on top of what earlier waiters proposed
                 // and have not heard back on: a denied proposal costs a
@@ -153,13 +182,14 @@ impl Api {
                         tokio::select! {
                             () = &mut changed => {}
                             () = tokio::time::sleep_until(until) => {}
+                            () = leadership_lost(&group) => {}
                         }
                         continue;
                     }
                 }
                 let had_turn = turn.is_some();
                 let reply = self
-                    .propose_waiting(&group, served_by, &name, &acquire, turn.take())
+                    .propose_waiting(&group, served_by, call, &name, &acquire, turn.take())
                     .await?;
                 let denied = matches!(reply.result, Some(v1::acquire_response::Result::Denied(_)));
                 if !denied || !had_turn || tokio::time::Instant::now() >= deadline {
@@ -167,7 +197,8 @@ impl Api {
                 }
                 // Capacity went to an acquire that does not wait between
                 // the check and the apply: back to the head of the queue.
-                turn = wait_turn(self.turns.rejoin(&name, &fairness, ticket), deadline).await;
+                let place = self.turns.rejoin(&name, &fairness, ticket);
+                turn = wait_turn(&group, place, deadline).await;
             }
         }
         .await;
@@ -187,6 +218,7 @@ impl Api {
         &self,
         group: &Group,
         served_by: ServedBy,
+        call: Deadline,
         name: &str,
         acquire: &engine::AcquireRequest,
         turn: Option<Turn>,
@@ -197,7 +229,7 @@ impl Api {
         let queued = group.enqueue(Command::Acquire(acquire.clone())).await;
         drop(turn);
         let applied = match queued {
-            Ok(answer) => timeout(ROUTE_TIMEOUT, answer).await?,
+            Ok(answer) => call.bound(answer).await?,
             Err(e) => Err(e),
         };
         match applied {
@@ -252,11 +284,28 @@ fn denied_here(
     })
 }
 
-/// The turn from `place`, waiting for it until `deadline`; None if it
-/// did not come in time.
-async fn wait_turn(place: Place, deadline: tokio::time::Instant) -> Option<Turn> {
+/// The turn from `place`, waiting for it until `deadline` or until this
+/// node stops leading `group`; None if it did not come.
+async fn wait_turn(group: &Group, place: Place, deadline: tokio::time::Instant) -> Option<Turn> {
     match place {
         Place::Now(turn) => Some(turn),
-        Place::Queued(rx) => tokio::time::timeout_at(deadline, rx).await.ok()?.ok(),
+        Place::Queued(rx) => tokio::select! {
+            turn = tokio::time::timeout_at(deadline, rx) => turn.ok()?.ok(),
+            () = leadership_lost(group) => None,
+        },
+    }
+}
+
+/// Returns once this node does not lead `group` (at once if it does not
+/// now).
+async fn leadership_lost(group: &Group) {
+    let mut server = group.raft.server_metrics();
+    loop {
+        if server.borrow_and_update().state != ServerState::Leader {
+            return;
+        }
+        if server.changed().await.is_err() {
+            return;
+        }
     }
 }
