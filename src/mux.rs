@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -192,11 +193,13 @@ impl<C, R: Tagged> OpenStream<C, R> {
 /// The replies of a served stream.
 pub type Replies<R> = UnboundedReceiverStream<Result<R, Status>>;
 
-/// Serves every call of `calls` in its own task, at most `in_flight` at
-/// once (then the stream is read no further until one finishes), and
-/// answers each as it finishes: one slow call holds up no other. Stops
-/// reading when `closing` turns true; the replies end once the calls
-/// already read are answered.
+/// Serves the calls of `calls` concurrently, at most `in_flight` at once
+/// (then the stream is read no further until one finishes), and answers
+/// each as it finishes: one slow call holds up no other. The calls run in
+/// the stream's one task rather than a task each: a call is a future too
+/// large to move into a task of its own cheaply, and most finish in a few
+/// polls. Stops reading when `closing` turns true; the replies end once
+/// the calls already read are answered.
 pub fn serve<C, R, F, Fut>(
     mut calls: Streaming<C>,
     mut closing: watch::Receiver<bool>,
@@ -210,26 +213,22 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
-    let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+    let in_flight = in_flight.max(1);
     tokio::spawn(async move {
-        loop {
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
-                _ = closing.wait_for(|closing| *closing) => break,
-            };
-            let call = tokio::select! {
-                call = calls.message() => match call {
-                    Ok(Some(call)) => call,
-                    _ => break,
+        let mut running = FuturesUnordered::new();
+        let mut reading = true;
+        while reading || !running.is_empty() {
+            tokio::select! {
+                call = calls.message(), if reading && running.len() < in_flight => match call {
+                    Ok(Some(call)) => running.push(serve_one(call)),
+                    _ => reading = false,
                 },
-                _ = closing.wait_for(|closing| *closing) => break,
-            };
-            let (reply, tx) = (serve_one(call), tx.clone());
-            tokio::spawn(async move {
-                // The caller may have gone; nothing then waits for it.
-                let _ = tx.send(Ok(reply.await));
-                drop(slot);
-            });
+                Some(reply) = running.next(), if !running.is_empty() => {
+                    // The caller may have gone; nothing then waits for it.
+                    let _ = tx.send(Ok(reply));
+                }
+                _ = closing.wait_for(|closing| *closing), if reading => reading = false,
+            }
         }
     });
     UnboundedReceiverStream::new(rx)
