@@ -30,6 +30,16 @@ pub struct SlotRange {
     pub group: u32,
 }
 
+impl From<&crate::proto::v1::SlotRange> for SlotRange {
+    fn from(r: &crate::proto::v1::SlotRange) -> Self {
+        SlotRange {
+            first: r.first_slot,
+            last: r.last_slot,
+            group: r.group_id,
+        }
+    }
+}
+
 /// The group that owns `slot` among `ranges` (in slot order); `None` if
 /// no range holds it.
 pub fn owner(ranges: &[SlotRange], slot: Slot) -> Option<u32> {

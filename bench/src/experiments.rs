@@ -82,14 +82,7 @@ pub async fn failover(cluster: &mut Cluster, trials: usize) -> Result<Vec<Failov
 }
 
 fn slot_ranges(map: &v1::SlotMap) -> Vec<SlotRange> {
-    map.slot_ranges
-        .iter()
-        .map(|r| SlotRange {
-            first: r.first_slot,
-            last: r.last_slot,
-            group: r.group_id,
-        })
-        .collect()
+    map.slot_ranges.iter().map(SlotRange::from).collect()
 }
 
 /// PROBE_SCOPES scopes whose slots `group` owns.

@@ -320,15 +320,7 @@ impl Router {
         *map = Map {
             epoch: fresh.epoch,
             slot_count: fresh.slot_count,
-            ranges: fresh
-                .slot_ranges
-                .iter()
-                .map(|r| SlotRange {
-                    first: r.first_slot,
-                    last: r.last_slot,
-                    group: r.group_id,
-                })
-                .collect(),
+            ranges: fresh.slot_ranges.iter().map(SlotRange::from).collect(),
             groups,
             nodes,
         };

@@ -636,15 +636,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// The group that owns `scope`'s slot in `map`.
 pub fn group_in(map: &SlotMap, scope: &str) -> u32 {
-    let ranges: Vec<SlotRange> = map
-        .slot_ranges
-        .iter()
-        .map(|r| SlotRange {
-            first: r.first_slot,
-            last: r.last_slot,
-            group: r.group_id,
-        })
-        .collect();
+    let ranges: Vec<SlotRange> = map.slot_ranges.iter().map(SlotRange::from).collect();
     owner(&ranges, slot_of(scope, map.slot_count))
         .unwrap_or_else(|| panic!("expected the slot map to cover {scope:?}'s slot"))
 }
