@@ -128,7 +128,8 @@ impl Driver {
     /// The commands of a coming cycle, built outside the measurement so the
     /// figures are the engine's alone. Criterion prepares a batch of inputs
     /// before running it, so each gets its own idempotency keys and the lease
-    /// id its acquire will be granted (ids are allocated in order, from 1).
+    /// id its acquire will be granted (the slot's grants count in order,
+    /// from 1).
     fn prepare(&self, key: &str) -> (Command, Command) {
         let n = self.prepared.get();
         self.prepared.set(n + 1);
@@ -144,9 +145,10 @@ impl Driver {
             max_lifetime_ms: None,
             idempotency_key: format!("pa{n}"),
         });
+        let slot = leasehold::slot::slot_of("acct", self.engine.config().slot_count);
         let release = Command::Release(ReleaseRequest {
             scope: "acct".to_string(),
-            lease_id: n + 1,
+            lease_id: leasehold::slot::lease_id(slot, n + 1),
             idempotency_key: format!("pr{n}"),
         });
         (acquire, release)
