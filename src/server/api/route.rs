@@ -44,6 +44,18 @@ pub(super) trait Call: Clone + Send + Sync + 'static {
     }
     /// Sets how long the call may wait; only a call that waits has one.
     fn set_wait(&mut self, _wait: Duration) {}
+    /// Parks a call that waits on `group`, which this node leads: the
+    /// answer once it is granted or out of time. `None` for calls that
+    /// never wait.
+    fn park(
+        _api: &Api,
+        _group: Arc<Group>,
+        _served_by: ServedBy,
+        _message: Self,
+        _deadline: Deadline,
+    ) -> Option<Forwarded<Self::Reply>> {
+        None
+    }
 }
 
 macro_rules! call {
@@ -70,6 +82,18 @@ macro_rules! call {
                 if self.$wait.is_some() {
                     self.$wait = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                 }
+            }
+            fn park(
+                api: &Api,
+                group: Arc<Group>,
+                served_by: ServedBy,
+                message: Self,
+                deadline: Deadline,
+            ) -> Option<Forwarded<$reply>> {
+                let api = api.clone();
+                Some(Box::pin(async move {
+                    api.park(group, served_by, message, deadline).await
+                }))
             }
         }
     };
@@ -218,6 +242,22 @@ impl Api {
                         epoch: map.epoch,
                         slot,
                     };
+                    // This node came to lead the group while the call
+                    // looked for a leader: a waiter parks here, with what
+                    // is left of its wait.
+                    message.set_wait(wait_until.saturating_duration_since(Instant::now()));
+                    if !message.wait().is_zero() {
+                        let parked = C::park(
+                            self,
+                            Arc::clone(&group),
+                            served_by,
+                            message.clone(),
+                            deadline,
+                        );
+                        if let Some(parked) = parked {
+                            return parked.await;
+                        }
+                    }
                     if let Some(answer) = execute::<C>(&group, &exec, served_by, deadline).await? {
                         return Ok(Response::new(answer));
                     }

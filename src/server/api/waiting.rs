@@ -69,30 +69,43 @@ impl Api {
             if let Some(group) = self.node.group(group_id).filter(|g| g.is_leader()) {
                 let wait = Duration::from_millis(wait_ms);
                 let call = Deadline::of(request.metadata(), wait + ROUTE_TIMEOUT);
-                let message = request.into_inner();
-                // Malformed input fails before it waits.
-                let acquire: engine::AcquireRequest =
-                    message.clone().try_into().map_err(Status::from)?;
-                engine::validate::acquire(&acquire).map_err(Status::from)?;
                 let served_by = ServedBy {
                     group_id,
                     leader_node_id: self.node.id,
                     epoch: map.epoch,
                     slot,
                 };
-                let parked = Parked {
-                    group,
-                    served_by,
-                    acquire,
-                    wait,
-                    call,
-                };
-                return self.wait_here(parked, message).await;
+                return self
+                    .park(group, served_by, request.into_inner(), call)
+                    .await;
             }
         }
         // Not the leader (or no wait): route as usual; a forwarded waiting
         // acquire waits on the leader.
         self.acquire_once(request).await
+    }
+
+    /// Parks `message` on `group`, which this node leads, until it is
+    /// granted, its wait runs out, the call's deadline passes, or this node
+    /// stops leading the group.
+    pub(super) async fn park(
+        &self,
+        group: Arc<Group>,
+        served_by: ServedBy,
+        message: v1::AcquireRequest,
+        call: Deadline,
+    ) -> Result<Response<v1::AcquireResponse>, Status> {
+        // Malformed input fails before it waits.
+        let acquire: engine::AcquireRequest = message.clone().try_into().map_err(Status::from)?;
+        engine::validate::acquire(&acquire).map_err(Status::from)?;
+        let parked = Parked {
+            group,
+            served_by,
+            acquire,
+            wait: Duration::from_millis(message.wait_ms.unwrap_or(0)),
+            call,
+        };
+        self.wait_here(parked, message).await
     }
 
     /// The waiting queue of a request: its first constraint's key.
