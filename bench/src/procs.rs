@@ -11,24 +11,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// A port the kernel just handed out on 127.0.0.1, free when we let go of
-/// it: servers of other runs on this machine keep theirs.
+/// Ports for benchmark servers come from below the kernel's ephemeral range
+/// (32768..61000 on Linux): the thousands of connections a run opens take
+/// ephemeral ports, and one of them must never take a server's port between
+/// the moment it is chosen and the moment the server binds it.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free port, never handed out before by this process.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
 
-/// `count` distinct free ports.
+/// `count` distinct free ports, none handed out before by this process.
 pub fn free_ports(count: usize) -> Result<Vec<u16>> {
-    // Hold every listener until all are chosen, so no port repeats.
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding ephemeral ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let start = std::process::id().wrapping_mul(997) % span;
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if step >= span {
+            bail!("no free port left in {PORT_RANGE:?} for this run");
+        }
+        let port = PORT_RANGE.start + u16::try_from((start + step) % span)?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
 }
 
 /// A directory of our own under the system temp dir, removed on drop.

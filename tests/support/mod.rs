@@ -518,7 +518,10 @@ impl Cluster {
         let child = child.unwrap_or_else(|| panic!("expected node {id} to be running"));
         if let Some(status) = child.try_wait().expect("the node's status is readable") {
             self.node_mut(id).child = None;
-            panic!("expected node {id} to keep running, but it exited with {status}");
+            let text = read_lossy(&self.node(id).log_path());
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            panic!("expected node {id} to keep running, but it exited with {status}; its log ends:\n{tail}");
         }
     }
 
@@ -684,16 +687,33 @@ pub fn describe_digests(all: &ClusterDigests) -> String {
     out
 }
 
-/// `n` distinct loopback ports that were free a moment ago. All listeners
-/// are held until every port is chosen, so none is handed out twice.
+/// Test ports come from below the kernel's ephemeral range (32768..61000
+/// on Linux), so no outgoing connection of any node can take a port between
+/// the moment it is chosen and the moment its node binds it, nor while a
+/// stopped node is down. Each test process walks its own stretch of the range
+/// and never hands a port out twice.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// `n` distinct loopback ports, each free when chosen and never handed out
+/// before by this process.
 pub fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound listener has an address"))
-        .collect()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let start = std::process::id().wrapping_mul(997) % span;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            step < span,
+            "expected fewer than {span} test ports in one process"
+        );
+        let offset = u16::try_from((start + step) % span).expect("the offset is below the span");
+        let addr = SocketAddr::from(([127, 0, 0, 1], PORT_RANGE.start + offset));
+        if TcpListener::bind(addr).is_ok() {
+            ports.push(addr);
+        }
+    }
+    ports
 }
 
 /// A bare HTTP/1.1 GET: (status, body). Limited to one second.
