@@ -9,17 +9,24 @@
 //! Values are postcard-encoded. Writes go in unsynced; durability comes from
 //! the shared [`GroupCommit`] thread. Committed log ids are not written on
 //! their own: each rides along with the node's next write of anything.
+//!
+//! Storage is fail-stop ([`super::fail_stop`]): the first RocksDB error or
+//! failed WAL sync is latched, and from then on every operation is refused.
+//! Other storage errors (an undecodable record) reach openraft, which stops
+//! the group; the server turns that into the same fault.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::fail_stop::{FailStop, FaultHandler, StorageFault};
 use super::group_commit::{Done, GroupCommit, SyncCounts};
+use super::test_seam::{FaultOp, TestSeam};
 use super::types::{GroupId, LogId};
 
 pub const CF_LOG: &str = "log";
@@ -53,7 +60,24 @@ pub enum DbError {
     MissingColumnFamily(&'static str),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("storage failed earlier ({0}); this node no longer reads or writes it")]
+    Failed(StorageFault),
 }
+
+/// How a [`RaftDb`] meets storage faults.
+#[derive(Default)]
+pub struct DbOptions {
+    /// Runs once, on the first fault; the server's exits the process.
+    pub on_fault: Option<FaultHandler>,
+    /// Faults on demand and a record of WAL syncs, for tests only.
+    pub test_seam: TestSeam,
+}
+
+/// What the node's storage operations are, in fault reports.
+const WHAT_READ: &str = "RocksDB read";
+const WHAT_WRITE: &str = "RocksDB write";
+const WHAT_SYNC: &str = "WAL sync (fsync)";
+const WHAT_FLUSH: &str = "memtable flush";
 
 /// The shared database handle. Cheap to share behind an `Arc`; dropping the
 /// last one stops the sync thread and closes RocksDB.
@@ -65,17 +89,22 @@ pub struct RaftDb {
     /// Committed log ids saved since the last write, per group (`None`:
     /// cleared), for the next write to carry.
     committed: Mutex<HashMap<GroupId, Option<LogId>>>,
+    fail_stop: Arc<FailStop>,
+    test_seam: TestSeam,
 }
 
 impl RaftDb {
+    /// Opens with no fault handler and no test seam.
     pub fn open(path: impl AsRef<Path>) -> Result<Arc<RaftDb>, DbError> {
+        RaftDb::open_with(path, DbOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, options: DbOptions) -> Result<Arc<RaftDb>, DbError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Unsynced writes are safe only if a crash keeps a prefix of them
-        // (a vote never survives without the entries written before it).
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        set_recovery(&mut opts);
         let cfs = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, opts.clone()));
@@ -85,12 +114,51 @@ impl RaftDb {
                 return Err(DbError::MissingColumnFamily(name));
             }
         }
-        let group_commit = GroupCommit::start(Arc::clone(&db))?;
+        let fail_stop = Arc::new(FailStop::new(options.on_fault));
+        let group_commit = GroupCommit::start(
+            Arc::clone(&db),
+            Arc::clone(&fail_stop),
+            options.test_seam.clone(),
+        )?;
         Ok(Arc::new(RaftDb {
             group_commit,
             db,
             committed: Mutex::new(HashMap::new()),
+            fail_stop,
+            test_seam: options.test_seam,
         }))
+    }
+
+    /// Runs one RocksDB operation. Refused once storage has failed; an
+    /// error (or one a test injects instead) is the node's storage fault.
+    fn run<'a, T>(
+        &'a self,
+        what: &'static str,
+        op: FaultOp,
+        f: impl FnOnce(&'a rocksdb::DB) -> Result<T, rocksdb::Error>,
+    ) -> Result<T, DbError> {
+        if let Some(fault) = self.fail_stop.fault() {
+            return Err(DbError::Failed(fault.clone()));
+        }
+        let result = match self.test_seam.injected(op) {
+            Some(injected) => Err(DbError::Io(injected)),
+            None => f(&self.db).map_err(DbError::Rocks),
+        };
+        if let Err(e) = &result {
+            self.fail(StorageFault::new(what, e));
+        }
+        result
+    }
+
+    /// Latches `fault` as this node's storage fault (unless one came
+    /// first) and runs the fault handler; see [`FailStop::fail`].
+    pub fn fail(&self, fault: StorageFault) -> StorageFault {
+        self.fail_stop.fail(fault)
+    }
+
+    /// The node's storage fault, once storage has failed.
+    pub fn fault(&self) -> Option<&StorageFault> {
+        self.fail_stop.fault()
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -105,7 +173,9 @@ impl RaftDb {
         key: &[u8],
         what: &'static str,
     ) -> Result<Option<T>, DbError> {
-        match self.db.get_pinned_cf(self.cf(cf), key)? {
+        match self.run(WHAT_READ, FaultOp::Read, |db| {
+            db.get_pinned_cf(self.cf(cf), key)
+        })? {
             Some(bytes) => decode(&bytes, what).map(Some),
             None => Ok(None),
         }
@@ -116,7 +186,7 @@ impl RaftDb {
     pub(crate) fn write(&self, mut batch: WriteBatch) -> Result<(), DbError> {
         let started = std::time::Instant::now();
         self.add_committed(&mut batch)?;
-        self.db.write(batch)?;
+        self.run(WHAT_WRITE, FaultOp::Write, |db| db.write(batch))?;
         metrics::histogram!("leasehold_rocksdb_write_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -172,10 +242,11 @@ impl RaftDb {
         let mut read = rocksdb::ReadOptions::default();
         read.set_iterate_upper_bound(to.to_vec());
         let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
-        self.db
-            .iterator_cf_opt(self.cf(cf), read, mode)
-            .map(|item| Ok(item?.1.into_vec()))
-            .collect()
+        self.run(WHAT_READ, FaultOp::Read, |db| {
+            db.iterator_cf_opt(self.cf(cf), read, mode)
+                .map(|item| Ok(item?.1.into_vec()))
+                .collect()
+        })
     }
 
     /// The last value of `cf` in `[from, to)`.
@@ -188,10 +259,12 @@ impl RaftDb {
         let mut read = rocksdb::ReadOptions::default();
         read.set_iterate_lower_bound(from.to_vec());
         read.set_iterate_upper_bound(to.to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), read);
-        it.seek_to_last();
-        it.status()?;
-        Ok(it.value().map(<[u8]>::to_vec))
+        self.run(WHAT_READ, FaultOp::Read, |db| {
+            let mut it = db.raw_iterator_cf_opt(self.cf(cf), read);
+            it.seek_to_last();
+            it.status()?;
+            Ok(it.value().map(<[u8]>::to_vec))
+        })
     }
 
     /// Resolves once every write issued before the call is durable.
@@ -208,11 +281,17 @@ impl RaftDb {
     /// replays nothing. For a clean shutdown.
     pub fn flush(&self) -> Result<(), DbError> {
         self.write(WriteBatch::default())?;
-        self.db.flush_wal(true)?;
+        self.run(WHAT_SYNC, FaultOp::Fsync, |db| db.flush_wal(true))?;
         for name in COLUMN_FAMILIES {
-            self.db.flush_cf(self.cf(name))?;
+            self.run(WHAT_FLUSH, FaultOp::Write, |db| db.flush_cf(self.cf(name)))?;
         }
         Ok(())
+    }
+
+    /// The RocksDB handle itself, for tests that reach under the layer.
+    #[cfg(test)]
+    pub(crate) fn rocks(&self) -> &rocksdb::DB {
+        &self.db
     }
 
     /// Group-commit counters, for metrics.
@@ -222,12 +301,45 @@ impl RaftDb {
 }
 
 impl Drop for RaftDb {
-    /// Writes the committed log ids still pending (unsynced, as ever).
+    /// Writes the committed log ids still pending (unsynced, as ever),
+    /// unless storage has failed.
     fn drop(&mut self) {
+        if self.fault().is_some() {
+            return;
+        }
         if let Err(e) = self.write(WriteBatch::default()) {
             tracing::warn!(error = %e, "writing committed log ids on close");
         }
     }
+}
+
+/// How RocksDB recovers after a crash or a power cut.
+///
+/// Writes go in unsynced and become durable with the next WAL sync, so
+/// past the last sync a power cut may leave the WAL cut short, possibly
+/// mid-record, or grown by zeros where its data never landed. None of
+/// that was acknowledged to anyone. `TolerateCorruptedTailRecords`
+/// replays up to such a tail and drops it, so a crash keeps a prefix of
+/// the writes (a vote never survives without the entries written before
+/// it). Anything else refuses to open, even a complete last record whose
+/// checksum fails: it cannot be told from a synced record, such as a vote,
+/// gone bad. `PointInTime`, RocksDB's default, would stop replay there and
+/// open without everything after it, synced votes and entries included,
+/// silently breaking what this node promised its peers. (The price: where
+/// a filesystem can show a grown file whose data never landed, such as
+/// ext4 with `data=writeback`, a power cut can leave such a record, and
+/// the node refuses to start rather than guess.)
+///
+/// A tail rule alone cannot tell a WAL cut short in the middle of the
+/// chain (one RocksDB has closed, synced, and still needs) from a torn
+/// last one; tracking synced WALs in the MANIFEST makes that refuse too.
+///
+/// Recovery rewrites what it replays into new, synced table files before
+/// the database opens (`avoid_flush_during_recovery` is off), so after a
+/// failed fsync a restart serves only what it has just made durable.
+fn set_recovery(opts: &mut Options) {
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    opts.set_track_and_verify_wals_in_manifest(true);
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, DbError> {

@@ -6,12 +6,19 @@
 //! takes every request queued so far, syncs the WAL once and answers them
 //! all. RocksDB's WAL is one sequential file, so one sync covers every write
 //! that finished before it, across groups and column families.
+//!
+//! A failed sync is the node's storage fault ([`FailStop`]), latched before
+//! any waiting request is answered. The thread never syncs again after a
+//! fault: a later sync could succeed over writes the failed one lost.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use super::fail_stop::{FailStop, StorageFault};
+use super::test_seam::{FaultOp, TestSeam};
 
 /// Called once the writes before the request are durable, or failed to be.
 pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -60,13 +67,22 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(db: Arc<rocksdb::DB>) -> io::Result<Self> {
+    pub fn start(
+        db: Arc<rocksdb::DB>,
+        fail_stop: Arc<FailStop>,
+        test_seam: TestSeam,
+    ) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SyncStats::default());
         let thread_stats = Arc::clone(&stats);
+        let syncer = Syncer {
+            db,
+            fail_stop,
+            test_seam,
+        };
         let thread = std::thread::Builder::new()
             .name("raft-wal-sync".into())
-            .spawn(move || run(&db, &rx, &thread_stats))?;
+            .spawn(move || run(&syncer, &rx, &thread_stats))?;
         Ok(GroupCommit {
             tx: Some(tx),
             thread: Some(thread),
@@ -121,7 +137,46 @@ impl Drop for GroupCommit {
 /// than this wait costs latency.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
-fn run(db: &rocksdb::DB, rx: &mpsc::Receiver<SyncRequest>, stats: &SyncStats) {
+/// What one WAL sync needs.
+struct Syncer {
+    db: Arc<rocksdb::DB>,
+    fail_stop: Arc<FailStop>,
+    test_seam: TestSeam,
+}
+
+impl Syncer {
+    /// Makes every write issued so far durable, or says why not. Tried
+    /// only while storage has not failed; a failure is latched as the
+    /// node's fault (its handler runs) before this returns.
+    fn sync(&self) -> Result<(), StorageFault> {
+        if let Some(fault) = self.fail_stop.fault() {
+            return Err(fault.clone());
+        }
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Err(self.fail_stop.fail(StorageFault::new(what, e)))
+        };
+        let record = self.test_seam.wal_sync_record.as_deref();
+        // Lengths taken before the sync are durable once it succeeds.
+        let lengths = match record.map(|r| r.wal_lengths()).transpose() {
+            Ok(lengths) => lengths,
+            Err(e) => return fail("listing WAL files (test seam)", &e),
+        };
+        if let Some(e) = self.test_seam.injected(FaultOp::Fsync) {
+            return fail("WAL sync (fsync)", &e);
+        }
+        if let Err(e) = self.db.flush_wal(true) {
+            return fail("WAL sync (fsync)", &e);
+        }
+        if let (Some(record), Some(lengths)) = (record, lengths) {
+            if let Err(e) = record.save(&lengths) {
+                return fail("recording the WAL sync (test seam)", &e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(syncer: &Syncer, rx: &mpsc::Receiver<SyncRequest>, stats: &SyncStats) {
     let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -137,24 +192,21 @@ fn run(db: &rocksdb::DB, rx: &mpsc::Receiver<SyncRequest>, stats: &SyncStats) {
         }
         last_batch = batch.len();
         let started = std::time::Instant::now();
-        let result = db.flush_wal(true);
+        let result = syncer.sync();
         metrics::histogram!("leasehold_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("leasehold_wal_sync_requests").record(batch.len() as f64);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match &result {
-            Ok(()) => {
-                let entries: u64 = batch.iter().map(|r| r.entries).sum();
-                stats.entries.fetch_add(entries, Ordering::Relaxed);
-            }
-            Err(e) => tracing::error!(error = %e, "WAL sync failed"),
+        if result.is_ok() {
+            let entries: u64 = batch.iter().map(|r| r.entries).sum();
+            stats.entries.fetch_add(entries, Ordering::Relaxed);
         }
         for request in batch {
             let answer = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(format!("WAL sync failed: {e}"))),
+                Err(fault) => Err(io::Error::other(format!("WAL not synced: {fault}"))),
             };
             (request.done)(answer);
         }
