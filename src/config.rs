@@ -92,6 +92,11 @@ pub struct Config {
     /// For chaos tests only: a file that skews this node's clock (see
     /// [`crate::server::clock`]). Never set in production.
     pub unsafe_test_clock: Option<PathBuf>,
+    /// For fault-injection tests only: a file naming storage operations
+    /// that fail (see [`crate::raft::test_seam`]); the node then also
+    /// records each WAL sync in its data directory. Never set in
+    /// production: the faults are real to the node, which stops on them.
+    pub unsafe_test_storage_faults: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -118,6 +123,7 @@ impl Default for Config {
             max_batch_commands: 512,
             shutdown_grace_ms: 10_000,
             unsafe_test_clock: None,
+            unsafe_test_storage_faults: None,
         }
     }
 }
@@ -343,6 +349,9 @@ impl Config {
             max_batch_commands: pick!(max_batch_commands),
             shutdown_grace_ms: pick!(shutdown_grace_ms),
             unsafe_test_clock: args.unsafe_test_clock.or(file.unsafe_test_clock),
+            unsafe_test_storage_faults: args
+                .unsafe_test_storage_faults
+                .or(file.unsafe_test_storage_faults),
         };
         config.validate()?;
         Ok(config)
@@ -405,6 +414,13 @@ pub struct ServeArgs {
     /// FOR CHAOS TESTING ONLY: follow a clock file (offset_ms=N rate=R) that skews this node's clock
     #[arg(long, env = "LEASEHOLD_UNSAFE_TEST_CLOCK", value_name = "PATH")]
     pub unsafe_test_clock: Option<PathBuf>,
+    /// FOR FAULT-INJECTION TESTING ONLY: follow a file (fsync=eio write=enospc read=eio once) whose storage faults this node meets, and record each WAL sync in the data dir
+    #[arg(
+        long,
+        env = "LEASEHOLD_UNSAFE_TEST_STORAGE_FAULTS",
+        value_name = "PATH"
+    )]
+    pub unsafe_test_storage_faults: Option<PathBuf>,
 }
 
 /// The TOML file: every [`Config`] field, each optional.
@@ -427,6 +443,7 @@ struct FileConfig {
     max_batch_commands: Option<u32>,
     shutdown_grace_ms: Option<u64>,
     unsafe_test_clock: Option<PathBuf>,
+    unsafe_test_storage_faults: Option<PathBuf>,
 }
 
 impl FileConfig {

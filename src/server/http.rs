@@ -3,7 +3,9 @@
 //!
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /ready`: 200 once the node serves (every hosted group has a
-//!   leader), 503 before that and while stopping.
+//!   leader), 503 before that, while stopping, and after a storage fault
+//!   (the body says which; the process exits right after, see
+//!   [`super::EXIT_STORAGE_FAULT`]).
 //! - `GET /health`: 200 while the process runs.
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::node::Node;
+use super::node::{Node, Readiness};
 
 /// A request line and headers larger than this are refused.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -65,12 +67,19 @@ async fn answer(
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", prometheus.render()),
-        ("GET", "/ready") if node.is_ready() => ("200 OK", "text/plain", "ready\n".into()),
-        ("GET", "/ready") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        ("GET", "/ready") => match node.readiness() {
+            Readiness::Ready => ("200 OK", "text/plain", "ready\n".into()),
+            Readiness::Starting | Readiness::Stopping => (
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready\n".into(),
+            ),
+            Readiness::Failed(fault) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("storage fault: {fault}\n"),
+            ),
+        },
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".into()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
         _ => (

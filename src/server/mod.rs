@@ -30,6 +30,7 @@ use tonic::transport::Server;
 use crate::config::Config;
 use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::v1::leasehold_server::LeaseholdServer;
+use crate::raft::StorageFault;
 use node::Node;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,22 @@ pub enum ServerError {
     Metrics(String),
     #[error("grpc: {0}")]
     Grpc(#[from] tonic::transport::Error),
+}
+
+/// Exit status of a node that met a storage fault (sysexits' `EX_IOERR`).
+/// See [`crate::raft::fail_stop`]: the node exits at once, flushing and
+/// closing nothing, so that its supervisor restarts it and RocksDB
+/// recovers only what the disk really holds.
+pub const EXIT_STORAGE_FAULT: i32 = 74;
+
+/// A serving node's storage fault handler: the fault is logged and
+/// `/ready` says it; the process ends. `_exit`, not `exit`: no exit
+/// handler or static destructor runs under RocksDB's live threads, and no
+/// thread of ours gets to answer anyone after the fault.
+fn exit_on_storage_fault(_fault: &StorageFault) {
+    // SAFETY: _exit(2) takes a plain integer, touches no memory of ours
+    // and does not return.
+    unsafe { libc::_exit(EXIT_STORAGE_FAULT) }
 }
 
 /// Histogram buckets (seconds) for latencies: 50 µs to 10 s.
@@ -88,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let node = Node::open(config)?;
+    let node = Node::open(config, Some(Box::new(exit_on_storage_fault)))?;
     tracing::info!(
         node = node.id,
         grpc = %node.config.grpc_addr,

@@ -1,5 +1,6 @@
 //! A leasehold node: the groups it hosts, the slot map, and the
-//! lifecycle (bootstrap, readiness, leadership handover on shutdown).
+//! lifecycle (bootstrap, readiness, leadership handover on shutdown,
+//! fail-stop on a storage fault).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ServerState, SnapshotPolicy};
+use openraft::{BasicNode, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
 
 use super::group::{Group, GroupOptions};
 use super::network::Peers;
@@ -15,7 +17,11 @@ use super::ServerError;
 use crate::config::Config;
 use crate::engine::EngineConfig;
 use crate::proto::peer::{ElectRequest, MetaProposal};
-use crate::raft::{GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap, META_GROUP};
+use crate::raft::test_seam::{FaultInjector, TestSeam, WalSyncRecord};
+use crate::raft::{
+    DbOptions, FaultHandler, GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap, StorageFault,
+    META_GROUP,
+};
 
 /// How often bootstrap re-checks whether the slot map is in place.
 const BOOTSTRAP_POLL: Duration = Duration::from_millis(50);
@@ -30,12 +36,30 @@ pub struct Node {
     stopping: AtomicBool,
 }
 
+/// What `/ready` says of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every hosted group has had a leader; the node serves.
+    Ready,
+    /// Not every hosted group has had a leader yet.
+    Starting,
+    Stopping,
+    /// Storage failed: the node never serves from this state again.
+    Failed(StorageFault),
+}
+
 impl Node {
-    pub fn open(config: Config) -> Result<Arc<Node>, ServerError> {
+    /// Opens the node's database; `on_fault` runs on its first storage
+    /// fault (the server's exits the process).
+    pub fn open(config: Config, on_fault: Option<FaultHandler>) -> Result<Arc<Node>, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ServerError::Storage(format!("data_dir {}: {e}", config.data_dir.display()))
         })?;
-        let db = RaftDb::open(&config.data_dir).map_err(|e| {
+        let options = DbOptions {
+            on_fault,
+            test_seam: test_seam(&config)?,
+        };
+        let db = RaftDb::open_with(&config.data_dir, options).map_err(|e| {
             ServerError::Storage(format!("opening {}: {e}", config.data_dir.display()))
         })?;
         Ok(Arc::new(Node {
@@ -106,8 +130,20 @@ impl Node {
         self.meta().map(|m| m.engine.slot_map()).unwrap_or_default()
     }
 
+    pub fn readiness(&self) -> Readiness {
+        if let Some(fault) = self.db.fault() {
+            Readiness::Failed(fault.clone())
+        } else if self.is_stopping() {
+            Readiness::Stopping
+        } else if self.ready.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::Starting
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_stopping()
+        self.readiness() == Readiness::Ready
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -129,6 +165,7 @@ impl Node {
         let first = members.keys().next().copied().unwrap_or(self.id);
         let meta =
             Group::start(&self.db, &self.peers, META_GROUP, &members, first, &options).await?;
+        tokio::spawn(Arc::clone(self).fail_stop_when_stopped(Arc::clone(&meta)));
         self.add_group(Arc::clone(&meta));
 
         let wanted = SlotMap::initial(
@@ -189,6 +226,7 @@ impl Node {
                 &options,
             )
             .await?;
+            tokio::spawn(Arc::clone(self).fail_stop_when_stopped(Arc::clone(&group)));
             tokio::spawn(Arc::clone(&group).scavenge());
             tokio::spawn(Arc::clone(self).report_leadership(Arc::clone(&group)));
             self.add_group(group);
@@ -220,6 +258,18 @@ impl Node {
         }
         self.ready.store(true, Ordering::Release);
         tracing::info!(node = self.id, "ready");
+    }
+
+    /// Makes `group`'s Raft stopping by itself the node's storage fault.
+    /// Openraft stops a group on a storage error, and a panic ends its
+    /// task: either way the group no longer serves, and a node that stays
+    /// ready with it stopped takes calls it can only time out.
+    async fn fail_stop_when_stopped(self: Arc<Self>, group: Arc<Group>) {
+        let why = raft_stopped(group.raft.metrics()).await;
+        if !self.is_stopping() {
+            let what = format!("group {} Raft", group.id);
+            self.db.fail(StorageFault::new(what, why));
+        }
     }
 
     /// Records in the slot map each term in which this node leads
@@ -394,5 +444,77 @@ impl Node {
             ?moved,
             "leadership handed over"
         );
+    }
+}
+
+/// The storage test seam `config` asks for: none in production.
+fn test_seam(config: &Config) -> Result<TestSeam, ServerError> {
+    let Some(path) = &config.unsafe_test_storage_faults else {
+        return Ok(TestSeam::default());
+    };
+    tracing::warn!(
+        path = %path.display(),
+        "UNSAFE: following a storage fault file and recording WAL syncs; for fault-injection testing only"
+    );
+    let faults = Arc::new(FaultInjector::default());
+    faults
+        .follow(path)
+        .map_err(|e| ServerError::Config(format!("unsafe_test_storage_faults: {e}")))?;
+    Ok(TestSeam {
+        faults: Some(faults),
+        wal_sync_record: Some(Arc::new(WalSyncRecord::new(&config.data_dir))),
+    })
+}
+
+/// Waits until the Raft whose metrics these are stops; says why.
+async fn raft_stopped(mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>) -> String {
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its task ended without saying why (a panic)".into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::Fatal;
+    use openraft::{AnyError, StorageIOError};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_raft_stopped_by_a_storage_error_or_a_panic_is_reported() {
+        let (tx, rx) = watch::channel(RaftMetrics::new_initial(1));
+        let stopped = tokio::spawn(raft_stopped(rx));
+        tx.send_modify(|m| m.current_term = 2);
+        let error = StorageIOError::write_logs(AnyError::error("No space left on device"));
+        tx.send_modify(|m| m.running_state = Err(Fatal::StorageError(error.into())));
+        let why = stopped.await.unwrap();
+        assert!(why.contains("No space left on device"), "{why}");
+
+        let (tx, rx) = watch::channel(RaftMetrics::new_initial(1));
+        let stopped = tokio::spawn(raft_stopped(rx));
+        drop(tx);
+        assert!(stopped.await.unwrap().contains("panic"));
+    }
+
+    #[test]
+    fn readiness_reports_a_storage_fault_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let node = Node::open(config, None).unwrap();
+        assert_eq!(node.readiness(), Readiness::Starting);
+        node.ready.store(true, Ordering::Release);
+        assert!(node.is_ready());
+        let fault = StorageFault::new("WAL sync (fsync)", "Input/output error");
+        node.db.fail(fault.clone());
+        assert_eq!(node.readiness(), Readiness::Failed(fault));
+        assert!(!node.is_ready());
     }
 }
