@@ -138,6 +138,18 @@ async fn the_fault_is_handled_before_any_waiter_hears_of_the_failed_sync() {
 }
 
 #[tokio::test]
+async fn a_hung_fsync_holds_its_waiters_until_cleared() {
+    let f = faulty("fsync=hang");
+    let db = Arc::clone(&f.db);
+    let mut waiting = tokio::spawn(async move { db.sync().await });
+    let held = tokio::time::timeout(std::time::Duration::from_millis(100), &mut waiting).await;
+    assert!(held.is_err(), "expected the sync to wait while it hangs");
+    f.clear();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(f.db.fault(), None);
+}
+
+#[tokio::test]
 async fn a_write_error_fails_the_append_and_every_later_operation() {
     let f = faulty("write=enospc");
     let mut log = LogStore::new(Arc::clone(&f.db), 1);

@@ -14,11 +14,18 @@
 //!   (`eio`: "Input/output error", `enospc`: "No space left on device")
 //!   instead of reaching RocksDB. `fsync` is the WAL sync, `write` any
 //!   RocksDB write (and memtable flush), `read` any RocksDB read.
-//! - `once`: each named fault fires once, then the operation works again,
-//!   as a real fsync error is reported once. Without it a fault lasts
+//! - `fsync=hang`: every WAL sync waits while the file says so, then goes
+//!   on. Writes pile up unsynced and unacknowledged meanwhile: the moment
+//!   a power cut catches.
+//! - `once`: each named error fires once, then the operation works again,
+//!   as a real fsync error is reported once. Without it an error lasts
 //!   while the file names it, as a full disk stays full.
 //! - A missing or empty file injects nothing. A change of the file
 //!   replaces what it said before, and re-arms `once` faults.
+//!
+//! Once the node has armed what the file says, it writes the same text to
+//! [`applied_path`] (`PATH.applied`), so a test knows when its faults
+//! are in force.
 //!
 //! The same node also keeps, in its data directory, the file
 //! [`WAL_SYNC_RECORD`]: after every successful WAL sync, and before
@@ -36,6 +43,9 @@ use std::time::Duration;
 /// How often a fault file is re-read.
 pub const FAULT_FILE_POLL: Duration = Duration::from_millis(50);
 
+/// How often a hung operation looks whether it may go on.
+const HANG_POLL: Duration = Duration::from_millis(5);
+
 /// The WAL sync record's file name, in the data directory.
 pub const WAL_SYNC_RECORD: &str = "wal-synced.unsafe-test";
 
@@ -47,13 +57,21 @@ pub enum FaultOp {
     Read,
 }
 
-/// What a fault file says: for each operation, the OS error it fails
-/// with, if any.
+/// What an operation does instead of its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails with this OS error.
+    Fail(i32),
+    /// Waits until the fault is cleared (the WAL sync only).
+    Hang,
+}
+
+/// What a fault file says: for each operation, its fault, if any.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultPlan {
-    pub fsync: Option<i32>,
-    pub write: Option<i32>,
-    pub read: Option<i32>,
+    pub fsync: Option<Fault>,
+    pub write: Option<Fault>,
+    pub read: Option<Fault>,
     pub once: bool,
 }
 
@@ -69,10 +87,13 @@ impl FaultPlan {
             let (op, error) = word
                 .split_once('=')
                 .ok_or_else(|| format!("`{word}`: expected op=error or `once`"))?;
-            let errno = match error {
-                "eio" => libc::EIO,
-                "enospc" => libc::ENOSPC,
-                other => return Err(format!("`{other}`: expected eio or enospc")),
+            let fault = match (op, error) {
+                (_, "eio") => Fault::Fail(libc::EIO),
+                (_, "enospc") => Fault::Fail(libc::ENOSPC),
+                ("fsync", "hang") => Fault::Hang,
+                (_, other) => {
+                    return Err(format!("`{other}`: expected eio, enospc or (fsync) hang"))
+                }
             };
             let slot = match op {
                 "fsync" => &mut plan.fsync,
@@ -80,39 +101,48 @@ impl FaultPlan {
                 "read" => &mut plan.read,
                 other => return Err(format!("`{other}`: expected fsync, write or read")),
             };
-            *slot = Some(errno);
+            *slot = Some(fault);
         }
         Ok(plan)
     }
 }
 
-/// One operation's armed fault: an errno (0: none), once or lasting.
+/// [`Armed::code`] of no fault, and of [`Fault::Hang`]; an OS error is
+/// positive.
+const NONE: i32 = 0;
+const HANG: i32 = -1;
+
+/// One operation's armed fault, once or lasting.
 #[derive(Default)]
 struct Armed {
-    errno: AtomicI32,
+    code: AtomicI32,
     once: AtomicBool,
 }
 
 impl Armed {
-    fn set(&self, errno: Option<i32>, once: bool) {
+    fn set(&self, fault: Option<Fault>, once: bool) {
+        let code = match fault {
+            None => NONE,
+            Some(Fault::Hang) => HANG,
+            Some(Fault::Fail(errno)) => errno,
+        };
         self.once.store(once, Ordering::Release);
-        self.errno.store(errno.unwrap_or(0), Ordering::Release);
+        self.code.store(code, Ordering::Release);
     }
 
-    fn take(&self) -> Option<io::Error> {
-        let errno = self.errno.load(Ordering::Acquire);
-        if errno == 0 {
-            return None;
+    /// The fault armed now; a `once` error is used up (a hang lasts).
+    fn take(&self) -> Option<Fault> {
+        let code = self.code.load(Ordering::Acquire);
+        match code {
+            NONE => None,
+            HANG => Some(Fault::Hang),
+            errno if !self.once.load(Ordering::Acquire) => Some(Fault::Fail(errno)),
+            errno => self
+                .code
+                .compare_exchange(errno, NONE, Ordering::AcqRel, Ordering::Acquire)
+                .ok()
+                .map(Fault::Fail),
         }
-        if self.once.load(Ordering::Acquire)
-            && self
-                .errno
-                .compare_exchange(errno, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return None;
-        }
-        Some(io::Error::from_raw_os_error(errno))
     }
 }
 
@@ -131,9 +161,8 @@ impl FaultInjector {
         self.read.set(plan.read, plan.once);
     }
 
-    /// The error `op` fails with now, if a fault is armed for it; a
-    /// `once` fault is used up.
-    pub fn take(&self, op: FaultOp) -> Option<io::Error> {
+    /// The fault armed for `op` now; a `once` error is used up.
+    pub fn take(&self, op: FaultOp) -> Option<Fault> {
         match op {
             FaultOp::Fsync => self.fsync.take(),
             FaultOp::Write => self.write.take(),
@@ -179,8 +208,16 @@ impl FaultInjector {
         let plan = FaultPlan::parse(text).map_err(|e| format!("{}: {e}", path.display()))?;
         self.set(&plan);
         tracing::warn!(faults = text.trim(), "UNSAFE: test storage faults set");
-        Ok(())
+        let applied = applied_path(path);
+        std::fs::write(&applied, text).map_err(|e| format!("{}: {e}", applied.display()))
     }
+}
+
+/// Where a node says which text of the fault file at `path` it has armed.
+pub fn applied_path(path: &Path) -> PathBuf {
+    let mut applied = path.as_os_str().to_owned();
+    applied.push(".applied");
+    PathBuf::from(applied)
 }
 
 fn read_fault_file(path: &Path) -> Result<String, String> {
@@ -256,9 +293,16 @@ pub struct TestSeam {
 }
 
 impl TestSeam {
-    /// The error `op` fails with now, if a test armed one.
+    /// The error `op` fails with now, if a test armed one; while a test
+    /// hangs `op`, waits first.
     pub fn injected(&self, op: FaultOp) -> Option<io::Error> {
-        self.faults.as_ref().and_then(|f| f.take(op))
+        let faults = self.faults.as_ref()?;
+        loop {
+            match faults.take(op)? {
+                Fault::Fail(errno) => return Some(io::Error::from_raw_os_error(errno)),
+                Fault::Hang => std::thread::sleep(HANG_POLL),
+            }
+        }
     }
 }
 
@@ -281,12 +325,17 @@ mod tests {
         assert_eq!(
             FaultPlan::parse("fsync=eio\nwrite=enospc once").unwrap(),
             FaultPlan {
-                fsync: Some(libc::EIO),
-                write: Some(libc::ENOSPC),
+                fsync: Some(Fault::Fail(libc::EIO)),
+                write: Some(Fault::Fail(libc::ENOSPC)),
                 read: None,
                 once: true,
             }
         );
+        assert_eq!(
+            FaultPlan::parse("fsync=hang").unwrap().fsync,
+            Some(Fault::Hang)
+        );
+        assert!(FaultPlan::parse("write=hang").is_err());
         assert!(FaultPlan::parse("fsync").is_err());
         assert!(FaultPlan::parse("fsync=boom").is_err());
         assert!(FaultPlan::parse("flush=eio").is_err());
@@ -296,17 +345,21 @@ mod tests {
     fn a_lasting_fault_fires_until_cleared_and_a_once_fault_fires_once() {
         let injector = injector("write=enospc");
         for _ in 0..3 {
-            let e = injector.take(FaultOp::Write).expect("the fault lasts");
-            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+            let fault = injector.take(FaultOp::Write);
+            assert_eq!(fault, Some(Fault::Fail(libc::ENOSPC)), "the fault lasts");
         }
         assert!(injector.take(FaultOp::Fsync).is_none());
         injector.set(&FaultPlan::default());
         assert!(injector.take(FaultOp::Write).is_none());
 
         injector.set(&FaultPlan::parse("fsync=eio once").unwrap());
-        let e = injector.take(FaultOp::Fsync).expect("fires once");
-        assert_eq!(e.raw_os_error(), Some(libc::EIO));
-        assert!(injector.take(FaultOp::Fsync).is_none());
+        assert_eq!(injector.take(FaultOp::Fsync), Some(Fault::Fail(libc::EIO)));
+        assert!(injector.take(FaultOp::Fsync).is_none(), "fired once");
+
+        injector.set(&FaultPlan::parse("fsync=hang once").unwrap());
+        for _ in 0..3 {
+            assert_eq!(injector.take(FaultOp::Fsync), Some(Fault::Hang));
+        }
     }
 
     #[test]
@@ -316,15 +369,17 @@ mod tests {
         let injector = Arc::new(FaultInjector::default());
         injector.follow(&path).unwrap();
         assert!(injector.take(FaultOp::Read).is_none());
+        assert_eq!(std::fs::read_to_string(applied_path(&path)).unwrap(), "");
         std::fs::write(&path, "read=eio").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while injector.take(FaultOp::Read).is_none() {
+        while std::fs::read_to_string(applied_path(&path)).unwrap() != "read=eio" {
             assert!(
                 std::time::Instant::now() < deadline,
-                "expected the fault file's change to arm read=eio within 5 s"
+                "expected the fault file's change to be applied within 5 s"
             );
             std::thread::sleep(FAULT_FILE_POLL / 5);
         }
+        assert_eq!(injector.take(FaultOp::Read), Some(Fault::Fail(libc::EIO)));
         std::fs::write(&path, "bogus").unwrap();
         let other = Arc::new(FaultInjector::default());
         assert!(other.follow(&path).unwrap_err().contains("bogus"));

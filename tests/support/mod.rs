@@ -73,6 +73,10 @@ pub struct ClusterConfig {
     pub election_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub snapshot_interval_entries: Option<u64>,
+    /// Each node follows its own storage fault file and records its WAL
+    /// syncs (`--unsafe-test-storage-faults`); see
+    /// [`Cluster::set_storage_faults`].
+    pub storage_faults: bool,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +88,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: None,
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
+            storage_faults: false,
         }
     }
 }
@@ -106,6 +111,10 @@ impl Node {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("node.log")
+    }
+
+    fn faults_path(&self) -> PathBuf {
+        self.dir.path().join("storage-faults")
     }
 }
 
@@ -225,7 +234,54 @@ impl Cluster {
                 args.extend([flag.to_string(), value.to_string()]);
             }
         }
+        if self.config.storage_faults {
+            args.push("--unsafe-test-storage-faults".into());
+            args.push(node.faults_path().display().to_string());
+        }
         args
+    }
+
+    /// Node `id`'s data directory (its RocksDB).
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir()
+    }
+
+    /// Everything node `id` has logged, over all its runs.
+    pub fn log_text(&self, id: u64) -> String {
+        read_lossy(&self.node(id).log_path())
+    }
+
+    /// Writes node `id`'s storage fault file (e.g. `fsync=eio`; empty
+    /// clears it); the node re-reads it within 50 ms. The cluster must
+    /// have been started with [`ClusterConfig::storage_faults`].
+    pub fn set_storage_faults(&self, id: u64, faults: &str) {
+        assert!(
+            self.config.storage_faults,
+            "expected a cluster started with storage_faults to inject faults into"
+        );
+        self.mark(&format!("storage faults of node {id}: `{faults}`"));
+        std::fs::write(self.node(id).faults_path(), faults)
+            .expect("the storage fault file is writable");
+    }
+
+    /// Waits until node `id` says it has armed what its storage fault
+    /// file says; panics if it exits or `timeout` passes first.
+    pub async fn wait_storage_faults_armed(&mut self, id: u64, timeout: Duration) {
+        let path = self.node(id).faults_path();
+        let applied = leasehold::raft::test_seam::applied_path(&path);
+        let wanted = std::fs::read_to_string(&path).expect("the storage fault file reads");
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running(id);
+            if std::fs::read_to_string(&applied).is_ok_and(|text| text == wanted) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected node {id} to arm storage faults `{wanted}` within {timeout:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// (Re)starts node `id` with its flags and data dir.
@@ -301,6 +357,16 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Node `id`'s exit status if it has exited (it is then no longer
+    /// live), without waiting.
+    pub fn exited(&mut self, id: u64) -> Option<ExitStatus> {
+        let child = self.node_mut(id).child.as_mut()?;
+        let status = child.try_wait().expect("the node's status is readable")?;
+        self.node_mut(id).child = None;
+        self.mark(&format!("node {id} exited: {status}"));
+        Some(status)
     }
 
     /// Polls node `id`'s `GET /ready` until it answers 200. Panics if the
