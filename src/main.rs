@@ -12,6 +12,7 @@ use std::process::{ExitCode, ExitStatus, Stdio};
 
 use clap::{Args, Parser, Subcommand};
 use leasehold::config::{Config, NodeId, ServeArgs};
+use leasehold::server::{ServerError, EXIT_STORAGE_FAULT};
 use tokio::process::{Child, Command as ChildCommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -108,7 +109,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("leasehold: {error}");
-            ExitCode::FAILURE
+            match error {
+                ServerError::Storage(_) => ExitCode::from(EXIT_STORAGE_FAULT),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ use leasehold::proto::v1::constraint::Kind;
 use leasehold::proto::v1::{
     AcquireRequest, Concurrency, Constraint, ConstraintKind, Grant, InspectRequest,
 };
-use leasehold::raft::test_seam::{parse_wal_sync_record, WAL_SYNC_RECORD};
+use leasehold::raft::test_seam::{
+    parse_wal_sync_record, torn_record, wal_records, WAL_HEADER_BYTES, WAL_SYNC_RECORD,
+};
 use leasehold::server::EXIT_STORAGE_FAULT;
 use support::{
     assert_same_state, retry_transient, Cluster, ClusterConfig, CONVERGE_TIMEOUT, READY_TIMEOUT,
@@ -44,10 +46,6 @@ const LEASE_TTL_MS: u64 = 600_000;
 /// room for all of them.
 const KEY: &str = "jobs";
 const KEY_LIMIT: u32 = 100_000;
-
-/// RocksDB's WAL block and record header sizes (legacy, non-recycled).
-const WAL_BLOCK: u64 = 32 * 1024;
-const WAL_HEADER: u64 = 7;
 
 /// An acknowledged acquire: the request (to replay) and its grant.
 struct Granted {
@@ -213,7 +211,7 @@ async fn write_until_exit(
 fn assert_fail_stopped(cluster: &Cluster, id: u64, status: ExitStatus, cause: &str) {
     assert_eq!(
         status.code(),
-        Some(EXIT_STORAGE_FAULT),
+        Some(i32::from(EXIT_STORAGE_FAULT)),
         "expected node {id} to exit with status {EXIT_STORAGE_FAULT} on its storage fault, got {status}"
     );
     let log = cluster.log_text(id);
@@ -422,22 +420,6 @@ fn power_cut(dir: &Path, torn: bool) -> u64 {
     cut
 }
 
-/// A record whose write was cut off at `at`: its header promises more
-/// body than follows, and the body is garbage. Where the block has no
-/// room for one, the zeros RocksDB pads a block's end with.
-fn torn_record(at: u64) -> Vec<u8> {
-    let room = WAL_BLOCK - at % WAL_BLOCK;
-    if room < WAL_HEADER + 64 {
-        return vec![0; room as usize];
-    }
-    let length = u16::try_from((room - WAL_HEADER).min(200)).expect("fits a u16");
-    let mut record = vec![0xC3, 0x5A, 0x0F, 0x77];
-    record.extend(length.to_le_bytes());
-    record.push(1); // a full record
-    record.extend(vec![0x5A; usize::from(length) / 2]);
-    record
-}
-
 /// Grants in many scopes; then, every node's WAL sync hanging, more
 /// acquires until every node holds WAL bytes past its last sync; then
 /// every node loses power at once: killed, its WAL cut back to what its
@@ -544,4 +526,68 @@ async fn a_power_cut_of_every_node_keeps_every_acknowledged_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_tearing_every_wal_tail_keeps_every_acknowledged_grant() {
     power_cut_keeps_every_acknowledged_grant(true).await;
+}
+
+/// Flips a byte in the body of a record in the middle of what a killed
+/// node's last WAL sync made durable: damage to synced writes.
+fn corrupt_a_synced_record(dir: &Path) {
+    let (path, _, synced) = wal_files(dir)
+        .into_iter()
+        .filter(|(_, _, synced)| *synced > 0)
+        .max()
+        .expect("a WAL with synced bytes");
+    let mut bytes = std::fs::read(&path).expect("the WAL reads");
+    let records = wal_records(&bytes[..synced as usize]);
+    assert!(
+        records.len() >= 4,
+        "expected synced records to corrupt in {}: {records:?}",
+        path.display()
+    );
+    let (at, length) = records[records.len() / 2];
+    bytes[(at + WAL_HEADER_BYTES + length / 2) as usize] ^= 0x40;
+    std::fs::write(&path, bytes).expect("the WAL is written");
+}
+
+/// A node whose synced WAL was damaged while it was down refuses to start
+/// on it, with status 74, instead of opening without what followed the
+/// damage; the others serve on. Started on an empty data directory (the
+/// damaged one moved aside), it rejoins and catches up from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_synced_wal_is_damaged_refuses_to_start_and_rejoins_empty() {
+    let config = ClusterConfig {
+        storage_faults: true,
+        ..ClusterConfig::default()
+    };
+    let mut cluster = Cluster::start(config).await;
+    let ids = cluster.ids();
+    let scopes: Vec<String> = (0..6).map(|i| format!("damaged-{i}")).collect();
+    let mut granted = acquire_in_each(&cluster, &ids, &scopes, "before").await;
+    let (victim, survivors) = (3, [1, 2]);
+
+    cluster.kill(victim);
+    corrupt_a_synced_record(&cluster.data_dir(victim));
+    cluster.restart(victim);
+    let status = cluster.wait_exit(victim, READY_TIMEOUT).await;
+    assert_eq!(
+        status.code(),
+        Some(i32::from(EXIT_STORAGE_FAULT)),
+        "expected node {victim} to refuse its damaged WAL with status {EXIT_STORAGE_FAULT}, got {status}"
+    );
+    let log = cluster.log_text(victim);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("is damaged; refusing to start") && l.contains("Corruption")),
+        "expected node {victim} to say its data directory is damaged"
+    );
+    assert_every_grant_kept(&cluster, &survivors, &granted).await;
+    assert_fencing_moves_on(&cluster, &survivors, &mut granted).await;
+
+    let data_dir = cluster.data_dir(victim);
+    std::fs::rename(&data_dir, data_dir.with_extension("damaged"))
+        .expect("the damaged data dir moves aside");
+    cluster.restart(victim);
+    cluster.wait_ready(victim, READY_TIMEOUT).await;
+    let digests = cluster.wait_digests_converge(CONVERGE_TIMEOUT).await;
+    assert_same_state(&digests, cluster.groups());
+    assert_every_grant_kept(&cluster, &[victim], &granted).await;
 }

@@ -41,8 +41,9 @@ Exit codes:
   2  bad flags or a malformed constraint spec (the message names the flag),
      or an unusable `serve` configuration
   3  the cluster is unreachable: no node answered, or none led the scope's group in time
-  74 `serve` stopped on a storage fault (a failed fsync, write or read of its data): it
-     never serves from that state again; restart it once the fault is cleared";
+  74 `serve` met a storage fault: a failed fsync, write or read of its data while serving
+     (it never serves from that state again; restart it once the fault is cleared), or a
+     database it cannot open at start (a full disk, or damage: the message says which)";
 
 /// Where the cluster is and how to answer; every client subcommand takes these.
 #[derive(Args, Clone, Debug)]

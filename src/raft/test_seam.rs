@@ -285,6 +285,48 @@ pub fn parse_wal_sync_record(text: &str) -> Result<WalLengths, String> {
         .collect()
 }
 
+/// RocksDB's WAL block size and record header size (legacy records: no
+/// WAL recycling), for tests that cut, tear or corrupt a WAL.
+pub const WAL_BLOCK_BYTES: u64 = 32 * 1024;
+pub const WAL_HEADER_BYTES: u64 = 7;
+
+/// A WAL's records, as (offset, body length), in order; stops at zeros.
+pub fn wal_records(bytes: &[u8]) -> Vec<(u64, u64)> {
+    let mut records = Vec::new();
+    let mut at = 0u64;
+    while at + WAL_HEADER_BYTES <= bytes.len() as u64 {
+        let room = WAL_BLOCK_BYTES - at % WAL_BLOCK_BYTES;
+        if room < WAL_HEADER_BYTES {
+            at += room;
+            continue;
+        }
+        let header = &bytes[at as usize..(at + WAL_HEADER_BYTES) as usize];
+        let length = u64::from(u16::from_le_bytes([header[4], header[5]]));
+        if length == 0 && header[6] == 0 {
+            break;
+        }
+        records.push((at, length));
+        at += WAL_HEADER_BYTES + length;
+    }
+    records
+}
+
+/// What a record whose write was cut off leaves at offset `at`: a header
+/// promising more body than follows, and a garbage body. Where the block
+/// has no room for one, the zeros a writer pads a block's end with.
+pub fn torn_record(at: u64) -> Vec<u8> {
+    let room = WAL_BLOCK_BYTES - at % WAL_BLOCK_BYTES;
+    if room < WAL_HEADER_BYTES + 64 {
+        return vec![0; room as usize];
+    }
+    let length = (room - WAL_HEADER_BYTES).min(200) as u16;
+    let mut record = vec![0xC3, 0x5A, 0x0F, 0x77];
+    record.extend(length.to_le_bytes());
+    record.push(1); // a full record
+    record.extend(vec![0x5A; usize::from(length) / 2]);
+    record
+}
+
 /// The seam a node's storage runs with: empty (the default) in production.
 #[derive(Clone, Default)]
 pub struct TestSeam {

@@ -53,11 +53,12 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// Exit status of a node that met a storage fault (sysexits' `EX_IOERR`).
-/// See [`crate::raft::fail_stop`]: the node exits at once, flushing and
-/// closing nothing, so that its supervisor restarts it and RocksDB
-/// recovers only what the disk really holds.
-pub const EXIT_STORAGE_FAULT: i32 = 74;
+/// Exit status of a node that met a storage fault (sysexits' `EX_IOERR`):
+/// at start (its database cannot be opened: damaged, or the disk full),
+/// or while serving. See [`crate::raft::fail_stop`]: a serving node exits
+/// at once, flushing and closing nothing, so that its supervisor restarts
+/// it and RocksDB recovers only what the disk really holds.
+pub const EXIT_STORAGE_FAULT: u8 = 74;
 
 /// A serving node's storage fault handler: the fault is logged and
 /// `/ready` says it; the process ends. `_exit`, not `exit`: no exit
@@ -66,7 +67,7 @@ pub const EXIT_STORAGE_FAULT: i32 = 74;
 fn exit_on_storage_fault(_fault: &StorageFault) {
     // SAFETY: _exit(2) takes a plain integer, touches no memory of ours
     // and does not return.
-    unsafe { libc::_exit(EXIT_STORAGE_FAULT) }
+    unsafe { libc::_exit(i32::from(EXIT_STORAGE_FAULT)) }
 }
 
 /// Histogram buckets (seconds) for latencies: 50 µs to 10 s.

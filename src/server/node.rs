@@ -19,8 +19,8 @@ use crate::engine::EngineConfig;
 use crate::proto::peer::{ElectRequest, MetaProposal};
 use crate::raft::test_seam::{FaultInjector, TestSeam, WalSyncRecord};
 use crate::raft::{
-    DbOptions, FaultHandler, GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap, StorageFault,
-    META_GROUP,
+    DbError, DbOptions, FaultHandler, GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap,
+    StorageFault, META_GROUP,
 };
 
 /// How often bootstrap re-checks whether the slot map is in place.
@@ -60,7 +60,13 @@ impl Node {
             test_seam: test_seam(&config)?,
         };
         let db = RaftDb::open_with(&config.data_dir, options).map_err(|e| {
-            ServerError::Storage(format!("opening {}: {e}", config.data_dir.display()))
+            let dir = config.data_dir.display();
+            ServerError::Storage(match &e {
+                DbError::Rocks(r) if r.kind() == rocksdb::ErrorKind::Corruption => {
+                    format!("{dir} is damaged; refusing to start on it: {e}")
+                }
+                _ => format!("opening {dir}: {e}"),
+            })
         })?;
         Ok(Arc::new(Node {
             id: config.node_id,
