@@ -290,10 +290,9 @@ async fn a_full_disk_on_a_leader_stops_it_and_the_others_keep_every_grant() {
     a_fault_stops_one_node("write=enospc", Role::Leader, "No space left on device").await;
 }
 
-/// The measured zombie: a lone node whose disk filled up stayed ready and
-/// timed out every acquire, and freeing the disk did not bring it back.
-/// Now it exits, and a restart once the disk has room serves again with
-/// everything it acknowledged.
+/// A lone node whose disk fills up does not stay ready while every
+/// acquire times out: it exits, and once the disk has room a restart
+/// serves again with everything it acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_whose_disk_fills_exits_and_serves_again_once_freed() {
     let config = ClusterConfig {
