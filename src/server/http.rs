@@ -3,7 +3,8 @@
 //!
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /ready`: 200 once the node serves (every hosted group has a
-//!   leader), 503 before that and while stopping.
+//!   leader and its clock is synchronized), 503 with the reason before
+//!   that, while its clock is out of bounds, and while stopping.
 //! - `GET /health`: 200 while the process runs.
 
 use std::sync::Arc;
@@ -65,12 +66,14 @@ async fn answer(
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", prometheus.render()),
-        ("GET", "/ready") if node.is_ready() => ("200 OK", "text/plain", "ready\n".into()),
-        ("GET", "/ready") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        ("GET", "/ready") => match node.not_ready_because() {
+            None => ("200 OK", "text/plain", "ready\n".into()),
+            Some(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".into()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
         _ => (

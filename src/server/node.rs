@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 
+use super::clock_sync::{ClockSync, PROBE_INTERVAL};
 use super::group::{Group, GroupOptions};
 use super::network::Peers;
 use super::ServerError;
 use crate::config::Config;
 use crate::engine::EngineConfig;
-use crate::proto::peer::{ElectRequest, MetaProposal};
+use crate::proto::peer::{ClockRequest, ElectRequest, MetaProposal};
 use crate::raft::{GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap, META_GROUP};
 
 /// How often bootstrap re-checks whether the slot map is in place.
@@ -26,6 +27,7 @@ pub struct Node {
     pub db: Arc<RaftDb>,
     pub peers: Arc<Peers>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    pub clock: Arc<ClockSync>,
     ready: AtomicBool,
     stopping: AtomicBool,
 }
@@ -38,8 +40,14 @@ impl Node {
         let db = RaftDb::open(&config.data_dir).map_err(|e| {
             ServerError::Storage(format!("opening {}: {e}", config.data_dir.display()))
         })?;
+        let clock = ClockSync::new(
+            config.node_id,
+            config.members.len(),
+            config.max_clock_offset_ms,
+        );
         Ok(Arc::new(Node {
             id: config.node_id,
+            clock: Arc::new(clock),
             config,
             db,
             peers: Arc::new(Peers::default()),
@@ -71,6 +79,7 @@ impl Node {
                 slot_count: c.slots,
             },
             max_batch: c.max_batch_commands as usize,
+            clock: Arc::clone(&self.clock),
         })
     }
 
@@ -107,7 +116,21 @@ impl Node {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_stopping()
+        self.not_ready_because().is_none()
+    }
+
+    /// Why `/ready` answers 503, if it does.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if self.is_stopping() {
+            return Some("stopping".into());
+        }
+        if let Err(e) = self.clock.check() {
+            return Some(e.to_string());
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Some("not every hosted group has a leader yet".into());
+        }
+        None
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -203,6 +226,53 @@ impl Node {
             "node started"
         );
         Ok(())
+    }
+
+    /// Reads every other member's clock every [`PROBE_INTERVAL`] and
+    /// decides whether this node may stamp lease time; when that changes,
+    /// its groups hear of it (see [`Group::update_election`]). Runs from
+    /// before the groups start until the node stops.
+    pub async fn watch_clock(self: Arc<Self>) {
+        let peers: Vec<(NodeId, String)> = self
+            .config
+            .members
+            .iter()
+            .filter(|m| m.node_id != self.id)
+            .map(|m| (m.node_id, m.addr.clone()))
+            .collect();
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.is_stopping() {
+            tick.tick().await;
+            let reads = peers.iter().map(|(id, addr)| self.read_clock(*id, addr));
+            futures_util::future::join_all(reads).await;
+            let verdict = self.clock.check();
+            if self.clock.set_synchronized(verdict.is_ok()) {
+                match &verdict {
+                    Ok(()) => tracing::info!(node = self.id, "clock synchronized"),
+                    Err(e) => tracing::error!(node = self.id, error = %e, "stepping down"),
+                }
+                for group in self.groups() {
+                    group.update_election();
+                }
+            }
+        }
+    }
+
+    /// One reading of `peer`'s clock, recorded if it answers in time.
+    async fn read_clock(&self, peer: NodeId, addr: &str) {
+        let Ok(mut client) = self.peers.peer(addr) else {
+            return;
+        };
+        let mut request = tonic::Request::new(ClockRequest {});
+        request.set_timeout(PROBE_INTERVAL * 2);
+        let (sent_wall_ms, sent) = (super::clock::now_ms(), Instant::now());
+        if let Ok(reply) = client.clock(request).await {
+            let received = Instant::now();
+            let peer_wall_ms = reply.into_inner().wall_ms;
+            self.clock
+                .record(peer, sent_wall_ms, sent, peer_wall_ms, received);
+        }
     }
 
     /// Ready once every hosted group knows its leader; stays ready after.

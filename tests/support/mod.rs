@@ -73,6 +73,9 @@ pub struct ClusterConfig {
     pub election_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub snapshot_interval_entries: Option<u64>,
+    /// Whether each node follows a test clock file (`--unsafe-test-clock`)
+    /// that [`Cluster::step_clock`] writes.
+    pub test_clocks: bool,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +87,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: None,
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
+            test_clocks: false,
         }
     }
 }
@@ -106,6 +110,10 @@ impl Node {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("node.log")
+    }
+
+    fn clock_path(&self) -> PathBuf {
+        self.dir.path().join("clock")
     }
 }
 
@@ -225,6 +233,10 @@ impl Cluster {
                 args.extend([flag.to_string(), value.to_string()]);
             }
         }
+        if self.config.test_clocks {
+            let path = self.node(id).clock_path().display().to_string();
+            args.extend(["--unsafe-test-clock".to_string(), path]);
+        }
         args
     }
 
@@ -250,6 +262,47 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("node {id}: expected `leasehold serve` to spawn: {e}"));
         node.child = Some(child);
+    }
+
+    /// Steps node `id`'s wall clock to real time + `offset_ms` (its
+    /// monotonic clock runs on); the node reads it within 50 ms.
+    pub fn step_clock(&self, id: u64, offset_ms: i64) {
+        assert!(
+            self.config.test_clocks,
+            "step_clock needs ClusterConfig::test_clocks"
+        );
+        self.mark(&format!("clock of node {id} set to real + {offset_ms} ms"));
+        std::fs::write(
+            self.node(id).clock_path(),
+            format!("offset_ms={offset_ms}\n"),
+        )
+        .expect("the test clock file is writable");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `id`'s process.
+    pub fn signal(&mut self, id: u64, signal: &str) {
+        let pid = self
+            .node_mut(id)
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id();
+        self.mark(&format!("SIG{signal} node {id}"));
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("`kill` runs");
+        assert!(
+            status.success(),
+            "expected `kill -{signal} {pid}` to succeed"
+        );
+    }
+
+    /// Node `id`'s answer to `GET /ready`: status and body.
+    pub async fn readiness(&self, id: u64) -> (u16, String) {
+        http_get(self.node(id).http_addr, "/ready")
+            .await
+            .unwrap_or_else(|e| panic!("expected node {id} to answer /ready: {e}"))
     }
 
     /// Crashes node `id` (SIGKILL) and reaps it.
