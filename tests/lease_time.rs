@@ -8,8 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use leasehold::proto::v1::{self, acquire_response, constraint};
-use support::{retry_transient, Cluster, ClusterConfig};
+use leasehold::proto::v1::{self, acquire_response};
+use support::{concurrency_acquire, retry_transient, Cluster, ClusterConfig};
 
 /// The server's default `max_clock_offset_ms`.
 const MAX_CLOCK_OFFSET: Duration = Duration::from_millis(250);
@@ -22,22 +22,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const SCOPE: &str = "tenant";
 
 fn acquire(idem: &str) -> v1::AcquireRequest {
-    v1::AcquireRequest {
-        scope: SCOPE.into(),
-        constraints: vec![v1::Constraint {
-            kind: Some(constraint::Kind::Concurrency(v1::Concurrency {
-                key: "slot".into(),
-                limit: 1,
-            })),
-        }],
-        amount: 1,
-        min_amount: None,
-        lease_ttl_ms: u64::try_from(TTL.as_millis()).expect("the ttl fits"),
-        max_lifetime_ms: None,
-        idempotency_key: idem.into(),
-        wait_ms: None,
-        fairness_key: String::new(),
-    }
+    let ttl_ms = u64::try_from(TTL.as_millis()).expect("the ttl fits");
+    concurrency_acquire(SCOPE, "slot", 1, idem, ttl_ms, None)
 }
 
 /// Acquires with key `idem` through node `via`, retrying transient errors;

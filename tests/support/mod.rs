@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leasehold::proto::peer::peer_client::PeerClient;
 use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
-use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
+use leasehold::proto::v1::{self, constraint, GetSlotMapRequest, SlotMap};
 use leasehold::slot::{owner, slot_of, SlotRange};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -612,6 +612,34 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails());
         }
+    }
+}
+
+/// An acquire of one unit of `scope`'s concurrency key `key` (limit
+/// `limit`) under idempotency key `idem`.
+pub fn concurrency_acquire(
+    scope: &str,
+    key: &str,
+    limit: u32,
+    idem: &str,
+    lease_ttl_ms: u64,
+    wait_ms: Option<u64>,
+) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        scope: scope.into(),
+        constraints: vec![v1::Constraint {
+            kind: Some(constraint::Kind::Concurrency(v1::Concurrency {
+                key: key.into(),
+                limit,
+            })),
+        }],
+        amount: 1,
+        min_amount: None,
+        lease_ttl_ms,
+        max_lifetime_ms: None,
+        idempotency_key: idem.into(),
+        wait_ms,
+        fairness_key: String::new(),
     }
 }
 
