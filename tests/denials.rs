@@ -1,12 +1,14 @@
-//! Denials that stay denied, on a real three-node cluster: once a caller
+//! Denials that stay denied, on real three-node clusters: once a caller
 //! has heard "denied" for an idempotency key, no copy of that attempt takes
 //! capacity, not even one held up on a paused node that reaches the new
-//! leader after capacity has freed.
+//! leader after capacity has freed; and the Rust client makes each call a
+//! new attempt.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use leasehold::client::{Acquire, Acquired};
 use leasehold::proto::v1::{self, acquire_response, constraint};
 use support::{retry_transient, Cluster, ClusterConfig};
 
@@ -158,4 +160,47 @@ async fn a_denied_retry_is_never_followed_by_a_grant_of_its_original_attempt() {
         matches!(fresh.result, Some(acquire_response::Result::Granted(_))),
         "expected a new attempt to find the key's unit free, got {fresh:?}"
     );
+}
+
+/// An idempotency key names one attempt: under the caller's own key a
+/// denial stands, also once capacity frees, and counts its retry time
+/// down; the same request without a key is a new attempt with each call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_attempt_stays_denied_and_each_call_is_a_new_attempt() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let client = cluster.rust_client(CALL_TIMEOUT).await;
+    let scope = "acct-client-denied";
+    let request = || {
+        Acquire::new(scope)
+            .concurrency("one", 1)
+            .ttl(Duration::from_secs(60))
+    };
+    let Acquired::Granted(holder) = client.acquire(request()).await.unwrap() else {
+        panic!("expected a grant on an idle key");
+    };
+    let keyed = request().idempotency_key("attempt-1");
+    let Acquired::Denied(first) = client.acquire(keyed.clone()).await.unwrap() else {
+        panic!("expected the keyed attempt to be denied while the key is held");
+    };
+    let unkeyed = request();
+    let denied = client.acquire(unkeyed.clone()).await.unwrap();
+    assert!(
+        matches!(denied, Acquired::Denied(_)),
+        "expected {denied:?} to be a denial"
+    );
+    holder.release().await.expect("release succeeds");
+
+    let again = client.acquire(keyed).await.unwrap();
+    let Acquired::Denied(replayed) = again else {
+        panic!("expected the denial under its key to stand, got {again:?}");
+    };
+    assert!(
+        replayed.retry_after_ms <= first.retry_after_ms,
+        "expected the replayed retry time to count down: {replayed:?} after {first:?}"
+    );
+    let granted = client.acquire(unkeyed).await.unwrap();
+    let Acquired::Granted(lease) = granted else {
+        panic!("expected a new call of the same request, a new attempt, granted: {granted:?}");
+    };
+    assert!(!lease.replayed(), "expected a new attempt, not a replay");
 }
