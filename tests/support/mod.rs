@@ -101,6 +101,8 @@ struct Node {
     /// stderr of every run, appended).
     dir: TempDir,
     child: Option<Child>,
+    /// Stopped by SIGSTOP and not yet continued.
+    paused: bool,
 }
 
 impl Node {
@@ -171,6 +173,7 @@ impl Cluster {
                     .tempdir()
                     .expect("a temp dir for a node"),
                 child: None,
+                paused: false,
             })
             .collect();
         Cluster { config, nodes }
@@ -180,9 +183,10 @@ impl Cluster {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// Nodes whose process was started and not killed or seen to exit.
+    /// Nodes whose process was started and not killed, seen to exit or
+    /// paused: those that answer.
     pub fn live(&self) -> Vec<u64> {
-        let live = self.nodes.iter().filter(|n| n.child.is_some());
+        let live = self.nodes.iter().filter(|n| n.child.is_some() && !n.paused);
         live.map(|n| n.id).collect()
     }
 
@@ -329,13 +333,35 @@ impl Cluster {
 
     /// Asks node `id` to stop gracefully (SIGTERM). See [`Cluster::wait_exit`].
     pub fn terminate(&mut self, id: u64) {
+        self.signal(id, "TERM");
+    }
+
+    /// Freezes node `id` (SIGSTOP): it keeps its sockets, so what is sent
+    /// to it waits in them, but it answers nothing until resumed. It does
+    /// not count as live meanwhile.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, "STOP");
+        self.node_mut(id).paused = true;
+    }
+
+    /// Lets a paused node `id` run on (SIGCONT).
+    pub fn resume(&mut self, id: u64) {
+        assert!(self.node(id).paused, "expected node {id} to be paused");
+        self.signal(id, "CONT");
+        self.node_mut(id).paused = false;
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
         let pid = self.node(id).child.as_ref().expect("node is running").id();
-        self.mark(&format!("SIGTERM node {id}"));
+        self.mark(&format!("SIG{signal} node {id}"));
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("`kill` runs");
-        assert!(status.success(), "expected `kill -TERM {pid}` to succeed");
+        assert!(
+            status.success(),
+            "expected `kill -{signal} {pid}` to succeed"
+        );
     }
 
     /// Waits until node `id` exits and returns its status; panics when it
@@ -579,7 +605,9 @@ impl Cluster {
     }
 
     fn take_child(&mut self, id: u64) -> Child {
-        let child = self.node_mut(id).child.take();
+        let node = self.node_mut(id);
+        node.paused = false;
+        let child = node.child.take();
         child.unwrap_or_else(|| panic!("expected node {id} to be running"))
     }
 
