@@ -131,8 +131,8 @@ async fn a_paused_leader_costs_no_lease_its_ttl() {
     let other = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
     let sent = hold(&cluster, leader).await;
 
-    cluster.signal(leader, "STOP");
+    cluster.pause(leader);
     no_grant_before_the_lease_ends(&cluster, other, sent).await;
-    cluster.signal(leader, "CONT");
+    cluster.resume(leader);
     cluster.wait_ready(leader, Duration::from_secs(10)).await;
 }

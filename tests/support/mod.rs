@@ -283,25 +283,6 @@ impl Cluster {
         .expect("the test clock file is writable");
     }
 
-    /// Sends `signal` (`STOP`, `CONT`) to node `id`'s process.
-    pub fn signal(&mut self, id: u64, signal: &str) {
-        let pid = self
-            .node_mut(id)
-            .child
-            .as_ref()
-            .expect("node is running")
-            .id();
-        self.mark(&format!("SIG{signal} node {id}"));
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("`kill` runs");
-        assert!(
-            status.success(),
-            "expected `kill -{signal} {pid}` to succeed"
-        );
-    }
-
     /// Node `id`'s answer to `GET /ready`: status and body.
     pub async fn readiness(&self, id: u64) -> (u16, String) {
         http_get(self.node(id).http_addr, "/ready")
