@@ -38,7 +38,8 @@ fi
 cargo build --release --locked -p leasehold -p leasehold-jepsen --bins
 jepsen="$CARGO_TARGET_DIR/release/leasehold-jepsen"
 
-# name, then flags. Clock faults get a run of their own: they widen every
+# name, then flags. Clock faults get a run of their own: it is judged with
+# the server's clock bound (2 x max_clock_offset_ms) added to every
 # checker's time bounds, which would blunt the others. Runs get one data
 # group per node, as `serve` does by default, except `linear`: six groups
 # on three nodes, so that faults also hit nodes leading several groups.

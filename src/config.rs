@@ -38,6 +38,7 @@ pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 pub const HEARTBEAT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 pub const SNAPSHOT_INTERVAL_ENTRIES_RANGE: RangeInclusive<u64> = 10..=10_000_000;
 pub const DEDUP_WINDOW_MS_RANGE: RangeInclusive<u64> = 1..=DEDUP_WINDOW_MS_MAX;
+pub const MAX_CLOCK_OFFSET_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
 pub const MAX_BATCH_COMMANDS_RANGE: RangeInclusive<u32> = 1..=65_536;
 pub const SHUTDOWN_GRACE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
 
@@ -89,6 +90,10 @@ pub struct Config {
     pub max_batch_commands: u32,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace_ms: u64,
+    /// How far a node's wall clock may be from the others' before it stops
+    /// leading (see [`crate::server::clock`]): a lease may end up to twice
+    /// this much early on a correct clock.
+    pub max_clock_offset_ms: u64,
     /// For chaos tests only: a file that skews this node's clock (see
     /// [`crate::server::clock`]). Never set in production.
     pub unsafe_test_clock: Option<PathBuf>,
@@ -122,6 +127,7 @@ impl Default for Config {
             dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
             max_batch_commands: 512,
             shutdown_grace_ms: 10_000,
+            max_clock_offset_ms: 250,
             unsafe_test_clock: None,
             unsafe_test_storage_faults: None,
         }
@@ -299,6 +305,11 @@ impl Config {
             "shutdown_grace_ms",
             self.shutdown_grace_ms,
             SHUTDOWN_GRACE_MS_RANGE,
+        )?;
+        check(
+            "max_clock_offset_ms",
+            self.max_clock_offset_ms,
+            MAX_CLOCK_OFFSET_MS_RANGE,
         )
     }
 
@@ -348,6 +359,7 @@ impl Config {
             dedup_window_ms: pick!(dedup_window_ms),
             max_batch_commands: pick!(max_batch_commands),
             shutdown_grace_ms: pick!(shutdown_grace_ms),
+            max_clock_offset_ms: pick!(max_clock_offset_ms),
             unsafe_test_clock: args.unsafe_test_clock.or(file.unsafe_test_clock),
             unsafe_test_storage_faults: args
                 .unsafe_test_storage_faults
@@ -411,6 +423,9 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight work, 0..=600000 [default: 10000]
     #[arg(long, env = "LEASEHOLD_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// How far this node's clock may be from the others' before it stops leading; leases may end up to 2x this early, 1..=60000 [default: 250]
+    #[arg(long, env = "LEASEHOLD_MAX_CLOCK_OFFSET_MS", value_name = "MS")]
+    pub max_clock_offset_ms: Option<u64>,
     /// FOR CHAOS TESTING ONLY: follow a clock file (offset_ms=N rate=R) that skews this node's clock
     #[arg(long, env = "LEASEHOLD_UNSAFE_TEST_CLOCK", value_name = "PATH")]
     pub unsafe_test_clock: Option<PathBuf>,
@@ -442,6 +457,7 @@ struct FileConfig {
     dedup_window_ms: Option<u64>,
     max_batch_commands: Option<u32>,
     shutdown_grace_ms: Option<u64>,
+    max_clock_offset_ms: Option<u64>,
     unsafe_test_clock: Option<PathBuf>,
     unsafe_test_storage_faults: Option<PathBuf>,
 }
@@ -588,7 +604,7 @@ mod tests {
     #[test]
     fn each_bound_is_rejected_naming_its_field() {
         type Set = fn(&mut Config, u64);
-        let cases: [(&str, u64, u64, Set); 9] = [
+        let cases: [(&str, u64, u64, Set); 10] = [
             ("slots", 0, 65_537, |c, v| c.slots = v as u32),
             ("groups", 1025, 1025, |c, v| c.groups = v as u32),
             ("replication_factor", 0, 8, |c, v| {
@@ -613,6 +629,9 @@ mod tests {
             }),
             ("shutdown_grace_ms", 600_001, 600_001, |c, v| {
                 c.shutdown_grace_ms = v
+            }),
+            ("max_clock_offset_ms", 0, 60_001, |c, v| {
+                c.max_clock_offset_ms = v
             }),
         ];
         for (field, low, high, set) in cases {

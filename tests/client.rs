@@ -137,13 +137,13 @@ async fn keep_alive_extends_and_drop_releases() {
             .concurrency(key, 5)
             .ttl(Duration::from_millis(ttl_ms))
     };
-    let Acquired::Granted(lease) = client.acquire(acquire("kept", 600)).await.unwrap() else {
+    let Acquired::Granted(lease) = client.acquire(acquire("kept", 1500)).await.unwrap() else {
         panic!("expected a grant on an idle key");
     };
     assert!(lease.is_valid(), "expected a fresh lease to be valid");
     let id = lease.lease_id();
     let (lease, mut lost) = lease.keep_alive(0.3);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert!(
         lost.try_recv().is_err(),
         "expected the kept-alive lease not to be lost"

@@ -7,10 +7,10 @@ mod support;
 use std::time::Duration;
 
 use leasehold::proto::v1::{
-    self, acquire_response, constraint, session_call, session_reply, SessionCall, SessionReply,
+    self, acquire_response, session_call, session_reply, SessionCall, SessionReply,
 };
 use leasehold::wire::error_detail;
-use support::{Cluster, ClusterConfig};
+use support::{concurrency_acquire, Cluster, ClusterConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -68,22 +68,9 @@ fn acquire(
     idem: &str,
     wait_ms: Option<u64>,
 ) -> Option<session_call::Call> {
-    Some(session_call::Call::Acquire(v1::AcquireRequest {
-        scope: scope.into(),
-        constraints: vec![v1::Constraint {
-            kind: Some(constraint::Kind::Concurrency(v1::Concurrency {
-                key: key.into(),
-                limit,
-            })),
-        }],
-        amount: 1,
-        min_amount: None,
-        lease_ttl_ms: 60_000,
-        max_lifetime_ms: None,
-        idempotency_key: idem.into(),
-        wait_ms,
-        fairness_key: String::new(),
-    }))
+    Some(session_call::Call::Acquire(concurrency_acquire(
+        scope, key, limit, idem, 60_000, wait_ms,
+    )))
 }
 
 fn release(scope: &str, lease_id: u64, idem: &str) -> Option<session_call::Call> {

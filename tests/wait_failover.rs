@@ -8,30 +8,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use leasehold::proto::v1::{self, acquire_response, constraint};
-use support::{retry_transient, Cluster, ClusterConfig};
+use leasehold::proto::v1::{self, acquire_response};
+use support::{concurrency_acquire, retry_transient, Cluster, ClusterConfig};
 use tonic::Code;
 
 /// Long enough for an election and the retries around it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn acquire(scope: &str, idem: &str, wait_ms: Option<u64>) -> v1::AcquireRequest {
-    v1::AcquireRequest {
-        scope: scope.into(),
-        constraints: vec![v1::Constraint {
-            kind: Some(constraint::Kind::Concurrency(v1::Concurrency {
-                key: "slot".into(),
-                limit: 1,
-            })),
-        }],
-        amount: 1,
-        min_amount: None,
-        lease_ttl_ms: 60_000,
-        max_lifetime_ms: None,
-        idempotency_key: idem.into(),
-        wait_ms,
-        fairness_key: String::new(),
-    }
+    concurrency_acquire(scope, "slot", 1, idem, 60_000, wait_ms)
 }
 
 fn grant_of(reply: &v1::AcquireResponse, what: &str) -> v1::Grant {

@@ -95,6 +95,8 @@ struct Shared {
     phase: AtomicU8,
     /// Cycles finished in any phase, for the progress bar.
     done: AtomicU64,
+    /// Cycles finished while measuring.
+    measured: AtomicU64,
     first_error: Mutex<Option<String>>,
     tag: String,
 }
@@ -190,6 +192,7 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         done: AtomicU64::new(0),
+        measured: AtomicU64::new(0),
         first_error: Mutex::new(None),
         tag: run_tag(),
     });
@@ -215,6 +218,16 @@ pub async fn run(server: &mut Server, config: &LoadConfig) -> Result<Measured> {
             let before = CpuSnapshot::take(server);
             shared.phase.store(MEASURE, Ordering::Release);
             tokio::time::sleep(config.duration).await;
+            // A window in which nothing finished says nothing: on a
+            // machine whose disk stalls (an fsync can take a second under
+            // load), it runs on until the first cycle finishes, for at most
+            // ten times its length (10 s at least).
+            let longest = (config.duration * 10).max(Duration::from_secs(10));
+            let extended_from = Instant::now();
+            while shared.measured.load(Ordering::Acquire) == 0 && extended_from.elapsed() < longest
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             shared.phase.store(STOP, Ordering::Release);
             let cpu = CpuUse::between(&before, &CpuSnapshot::take(server));
             let mut tally = Tally::default();
@@ -310,6 +323,7 @@ impl Shared {
         self.done.fetch_add(1, Ordering::Relaxed);
         let measuring = self.measuring();
         if measuring {
+            self.measured.fetch_add(1, Ordering::AcqRel);
             tally.acquire.record(report.acquire);
             if let Some(latency) = report.release {
                 tally.release.record(latency);

@@ -189,7 +189,7 @@ impl Lease {
 
 fn margin(client: &Client, ttl: Duration) -> Duration {
     let c = client.config();
-    ttl.mul_f64(c.drift_fraction.clamp(0.0, 1.0)) + c.drift_floor
+    ttl.mul_f64(c.drift_fraction.clamp(0.0, 1.0)) + c.drift_floor + 2 * c.max_clock_offset
 }
 
 async fn extend(shared: &Shared, ttl: Duration) -> Result<v1::ExtendResponse, Status> {

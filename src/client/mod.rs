@@ -71,6 +71,10 @@ pub struct ClientConfig {
     pub drift_fraction: f64,
     /// Added to the drift margin, for scheduling delays.
     pub drift_floor: Duration,
+    /// The cluster's `max_clock_offset_ms`: a lease may be treated as
+    /// expired on the servers up to twice this much before its ttl has
+    /// passed on a correct clock, so the margin includes twice it.
+    pub max_clock_offset: Duration,
     /// Send acquire, extend, release and check over one `Session` stream
     /// per node rather than as a unary RPC each: the same semantics for
     /// less CPU on both ends.
@@ -86,6 +90,7 @@ impl ClientConfig {
             max_in_flight: 1024,
             drift_fraction: 0.01,
             drift_floor: Duration::from_millis(5),
+            max_clock_offset: Duration::from_millis(250),
             streaming: true,
         }
     }

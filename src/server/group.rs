@@ -3,6 +3,7 @@
 //! scavenger (proposing `Expire` when something is due).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
-use super::clock;
+use super::clock_sync::ClockSync;
 use super::network::{GroupNetworkFactory, Peers};
 use super::ServerError;
 use crate::engine::{Applied, Command, EngineConfig, EngineError, Outcome};
@@ -43,6 +44,9 @@ pub enum ProposeError {
     NotLeader(Option<NodeId>),
     /// The group stopped (shutdown or a fatal storage error).
     Stopped(String),
+    /// This node leads the group but may not stamp lease time: its clock
+    /// is not synchronized with the other members'. It is stepping down.
+    Unsynchronized(String),
 }
 
 type Applies = Result<Result<Applied, EngineError>, ProposeError>;
@@ -60,6 +64,11 @@ pub struct Group {
     /// Woken after this node, as leader, applies a command that can free
     /// capacity (release, expire, capacity change): waiting acquires retry.
     pub capacity_changed: Arc<Notify>,
+    /// Whether this node's clock may stamp lease time.
+    pub clock: Arc<ClockSync>,
+    /// Set once the wait for the preferred leader is over (at once on the
+    /// preferred leader itself): only then may this node stand for election.
+    may_stand: AtomicBool,
 }
 
 pub struct GroupOptions {
@@ -67,6 +76,7 @@ pub struct GroupOptions {
     pub raft: Arc<openraft::Config>,
     pub engine: EngineConfig,
     pub max_batch: usize,
+    pub clock: Arc<ClockSync>,
 }
 
 impl Group {
@@ -120,15 +130,18 @@ impl Group {
             engine,
             proposals: tx,
             capacity_changed: Arc::new(Notify::new()),
+            clock: Arc::clone(&options.clock),
+            may_stand: AtomicBool::new(preferred),
         });
         tokio::spawn(propose_loop(
             group.raft.clone(),
             rx,
             options.max_batch,
             Arc::clone(&group.capacity_changed),
+            Arc::clone(&options.clock),
         ));
+        group.update_election();
         if !preferred {
-            group.raft.runtime_config().elect(false);
             let g = Arc::clone(&group);
             tokio::spawn(async move {
                 if g.wait_for_leader(PREFERRED_LEADER_WAIT).await.is_none() {
@@ -139,10 +152,23 @@ impl Group {
                         }
                     }
                 }
-                g.raft.runtime_config().elect(true);
+                g.may_stand.store(true, Ordering::Release);
+                g.update_election();
             });
         }
         Ok(group)
+    }
+
+    /// Lets this node stand for election and, leading, send heartbeats
+    /// only while its clock is synchronized (data groups; the metadata
+    /// group stamps no lease time) and, for standing, once the preferred
+    /// leader had its chance. A leader whose clock falls out of bounds goes
+    /// quiet, so the others elect a leader among themselves.
+    pub fn update_election(&self) {
+        let clock_ok = self.id == crate::raft::META_GROUP || self.clock.is_synchronized();
+        let config = self.raft.runtime_config();
+        config.elect(clock_ok && self.may_stand.load(Ordering::Acquire));
+        config.heartbeat(clock_ok);
     }
 
     /// Applies `command` through Raft if this node leads the group.
@@ -236,7 +262,14 @@ impl Group {
                 }
                 continue;
             }
-            let now = clock::now_ms();
+            let Ok(now) = self.clock.stamp_ms() else {
+                // Not synchronized: this node is stepping down.
+                tokio::select! {
+                    () = tokio::time::sleep(SCAVENGE_INTERVAL_MAX) => {}
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+                continue;
+            };
             let due = self.engine.next_deadline_ms().filter(|d| *d <= now);
             if due.is_none() {
                 let wait = self
@@ -264,8 +297,8 @@ impl Group {
                 }
                 Ok(other) => tracing::warn!(group = self.id, ?other, "unexpected expire outcome"),
                 Err(ProposeError::Stopped(_)) => return,
-                // Leadership moved: the loop waits to lead again.
-                Err(ProposeError::NotLeader(_)) => {}
+                // Leadership moved, or is moving: the loop waits to lead again.
+                Err(ProposeError::NotLeader(_) | ProposeError::Unsynchronized(_)) => {}
             }
         }
     }
@@ -291,6 +324,7 @@ async fn propose_loop(
     mut rx: mpsc::Receiver<Proposal>,
     max_batch: usize,
     capacity_changed: Arc<Notify>,
+    clock: Arc<ClockSync>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
@@ -318,8 +352,15 @@ async fn propose_loop(
         });
         let capacity_changed = Arc::clone(&capacity_changed);
         metrics::histogram!("leasehold_batch_commands").record(commands.len() as f64);
+        let stamp_ms = match clock.stamp_ms() {
+            Ok(stamp_ms) => stamp_ms,
+            Err(e) => {
+                answer_all(replies, &Err(ProposeError::Unsynchronized(e.to_string())));
+                continue;
+            }
+        };
         let request = Request::Engine {
-            stamp_ms: clock::now_ms(),
+            stamp_ms,
             commands: commands.into(),
         };
         let responder = match raft.client_write_ff(request).await {

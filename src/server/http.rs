@@ -3,8 +3,9 @@
 //!
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /ready`: 200 once the node serves (every hosted group has a
-//!   leader), 503 before that, while stopping, and after a storage fault
-//!   (the body says which; the process exits right after, see
+//!   leader and its clock is synchronized), 503 before that, while its
+//!   clock is out of bounds, while stopping, and after a storage fault (the
+//!   body says which; after a fault the process exits right after, see
 //!   [`super::EXIT_STORAGE_FAULT`]).
 //! - `GET /health`: 200 while the process runs.
 
@@ -69,10 +70,20 @@ async fn answer(
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", prometheus.render()),
         ("GET", "/ready") => match node.readiness() {
             Readiness::Ready => ("200 OK", "text/plain", "ready\n".into()),
-            Readiness::Starting | Readiness::Stopping => (
+            Readiness::Starting => (
                 "503 Service Unavailable",
                 "text/plain",
-                "not ready\n".into(),
+                "not ready: not every hosted group has a leader yet\n".into(),
+            ),
+            Readiness::Stopping => (
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready: stopping\n".into(),
+            ),
+            Readiness::Unsynchronized(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
             ),
             Readiness::Failed(fault) => (
                 "503 Service Unavailable",

@@ -9,9 +9,11 @@
 //! - [`turns`]: whose turn it is among waiting acquires (fair queues).
 //! - [`http`]: Prometheus `/metrics`, `/ready`, `/health`.
 //! - [`clock`]: the wall clock leaders stamp commands with.
+//! - [`clock_sync`]: whether that clock agrees with the other members' enough to stamp.
 
 pub mod api;
 pub mod clock;
+pub mod clock_sync;
 pub mod group;
 pub mod http;
 pub mod network;
@@ -150,6 +152,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
+    tokio::spawn(Arc::clone(&node).watch_clock());
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| ServerError::Config(e.to_string()))?;

@@ -11,12 +11,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+use super::clock_sync::{ClockSync, PROBE_INTERVAL};
 use super::group::{Group, GroupOptions};
 use super::network::Peers;
 use super::ServerError;
 use crate::config::Config;
 use crate::engine::EngineConfig;
-use crate::proto::peer::{ElectRequest, MetaProposal};
+use crate::proto::peer::{ClockRequest, ElectRequest, MetaProposal};
 use crate::raft::test_seam::{FaultInjector, TestSeam, WalSyncRecord};
 use crate::raft::{
     DbError, DbOptions, FaultHandler, GroupId, MetaCommand, NodeId, RaftDb, Request, SlotMap,
@@ -32,6 +33,7 @@ pub struct Node {
     pub db: Arc<RaftDb>,
     pub peers: Arc<Peers>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    pub clock: Arc<ClockSync>,
     ready: AtomicBool,
     stopping: AtomicBool,
 }
@@ -44,6 +46,9 @@ pub enum Readiness {
     /// Not every hosted group has had a leader yet.
     Starting,
     Stopping,
+    /// Its clock is out of bounds (see [`super::clock_sync`]): it may not
+    /// stamp lease time, so it does not lead; the reason.
+    Unsynchronized(String),
     /// Storage failed: the node never serves from this state again.
     Failed(StorageFault),
 }
@@ -68,8 +73,14 @@ impl Node {
                 _ => format!("opening {dir}: {e}"),
             })
         })?;
+        let clock = ClockSync::new(
+            config.node_id,
+            config.members.len(),
+            config.max_clock_offset_ms,
+        );
         Ok(Arc::new(Node {
             id: config.node_id,
+            clock: Arc::new(clock),
             config,
             db,
             peers: Arc::new(Peers::default()),
@@ -101,6 +112,7 @@ impl Node {
                 slot_count: c.slots,
             },
             max_batch: c.max_batch_commands as usize,
+            clock: Arc::clone(&self.clock),
         })
     }
 
@@ -141,6 +153,8 @@ impl Node {
             Readiness::Failed(fault.clone())
         } else if self.is_stopping() {
             Readiness::Stopping
+        } else if let Err(e) = self.clock.check() {
+            Readiness::Unsynchronized(e.to_string())
         } else if self.ready.load(Ordering::Acquire) {
             Readiness::Ready
         } else {
@@ -247,6 +261,53 @@ impl Node {
             "node started"
         );
         Ok(())
+    }
+
+    /// Reads every other member's clock every [`PROBE_INTERVAL`] and
+    /// decides whether this node may stamp lease time; when that changes,
+    /// its groups hear of it (see [`Group::update_election`]). Runs from
+    /// before the groups start until the node stops.
+    pub async fn watch_clock(self: Arc<Self>) {
+        let peers: Vec<(NodeId, String)> = self
+            .config
+            .members
+            .iter()
+            .filter(|m| m.node_id != self.id)
+            .map(|m| (m.node_id, m.addr.clone()))
+            .collect();
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.is_stopping() {
+            tick.tick().await;
+            let reads = peers.iter().map(|(id, addr)| self.read_clock(*id, addr));
+            futures_util::future::join_all(reads).await;
+            let verdict = self.clock.check();
+            if self.clock.set_synchronized(verdict.is_ok()) {
+                match &verdict {
+                    Ok(()) => tracing::info!(node = self.id, "clock synchronized"),
+                    Err(e) => tracing::error!(node = self.id, error = %e, "stepping down"),
+                }
+                for group in self.groups() {
+                    group.update_election();
+                }
+            }
+        }
+    }
+
+    /// One reading of `peer`'s clock, recorded if it answers in time.
+    async fn read_clock(&self, peer: NodeId, addr: &str) {
+        let Ok(mut client) = self.peers.peer(addr) else {
+            return;
+        };
+        let mut request = tonic::Request::new(ClockRequest {});
+        request.set_timeout(PROBE_INTERVAL * 2);
+        let (sent_wall_ms, sent) = (super::clock::now_ms(), Instant::now());
+        if let Ok(reply) = client.clock(request).await {
+            let received = Instant::now();
+            let peer_wall_ms = reply.into_inner().wall_ms;
+            self.clock
+                .record(peer, sent_wall_ms, sent, peer_wall_ms, received);
+        }
     }
 
     /// Ready once every hosted group knows its leader; stays ready after.

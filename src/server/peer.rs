@@ -12,8 +12,8 @@ use super::node::Node;
 use crate::mux::{self, Replies};
 use crate::proto::peer::peer_server::Peer;
 use crate::proto::peer::{
-    DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest, MetaProposal, MetaReply,
-    RaftCall, RaftKind, RaftReply, RaftRequest, RaftResult,
+    ClockReply, ClockRequest, DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest,
+    MetaProposal, MetaReply, RaftCall, RaftKind, RaftReply, RaftRequest, RaftResult,
 };
 use crate::raft::{MetaCommand, NodeId, TypeConfig};
 
@@ -174,5 +174,11 @@ impl Peer for PeerService {
             })),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn clock(&self, _request: Request<ClockRequest>) -> Result<Response<ClockReply>, Status> {
+        Ok(Response::new(ClockReply {
+            wall_ms: super::clock::now_ms(),
+        }))
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leasehold::proto::peer::peer_client::PeerClient;
 use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
-use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
+use leasehold::proto::v1::{self, constraint, GetSlotMapRequest, SlotMap};
 use leasehold::slot::{owner, slot_of, SlotRange};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,6 +77,9 @@ pub struct ClusterConfig {
     /// syncs (`--unsafe-test-storage-faults`); see
     /// [`Cluster::set_storage_faults`].
     pub storage_faults: bool,
+    /// Whether each node follows a test clock file (`--unsafe-test-clock`)
+    /// that [`Cluster::step_clock`] writes.
+    pub test_clocks: bool,
 }
 
 impl Default for ClusterConfig {
@@ -89,6 +92,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
             storage_faults: false,
+            test_clocks: false,
         }
     }
 }
@@ -102,6 +106,8 @@ struct Node {
     /// stderr of every run, appended).
     dir: TempDir,
     child: Option<Child>,
+    /// Stopped by SIGSTOP and not yet continued.
+    paused: bool,
 }
 
 impl Node {
@@ -115,6 +121,10 @@ impl Node {
 
     fn faults_path(&self) -> PathBuf {
         self.dir.path().join("storage-faults")
+    }
+
+    fn clock_path(&self) -> PathBuf {
+        self.dir.path().join("clock")
     }
 }
 
@@ -172,6 +182,7 @@ impl Cluster {
                     .tempdir()
                     .expect("a temp dir for a node"),
                 child: None,
+                paused: false,
             })
             .collect();
         Cluster { config, nodes }
@@ -181,9 +192,10 @@ impl Cluster {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// Nodes whose process was started and not killed or seen to exit.
+    /// Nodes whose process was started and not killed, seen to exit or
+    /// paused: those that answer.
     pub fn live(&self) -> Vec<u64> {
-        let live = self.nodes.iter().filter(|n| n.child.is_some());
+        let live = self.nodes.iter().filter(|n| n.child.is_some() && !n.paused);
         live.map(|n| n.id).collect()
     }
 
@@ -237,6 +249,10 @@ impl Cluster {
         if self.config.storage_faults {
             args.push("--unsafe-test-storage-faults".into());
             args.push(node.faults_path().display().to_string());
+        }
+        if self.config.test_clocks {
+            let path = self.node(id).clock_path().display().to_string();
+            args.extend(["--unsafe-test-clock".to_string(), path]);
         }
         args
     }
@@ -308,6 +324,28 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Steps node `id`'s wall clock to real time + `offset_ms` (its
+    /// monotonic clock runs on); the node reads it within 50 ms.
+    pub fn step_clock(&self, id: u64, offset_ms: i64) {
+        assert!(
+            self.config.test_clocks,
+            "step_clock needs ClusterConfig::test_clocks"
+        );
+        self.mark(&format!("clock of node {id} set to real + {offset_ms} ms"));
+        std::fs::write(
+            self.node(id).clock_path(),
+            format!("offset_ms={offset_ms}\n"),
+        )
+        .expect("the test clock file is writable");
+    }
+
+    /// Node `id`'s answer to `GET /ready`: status and body.
+    pub async fn readiness(&self, id: u64) -> (u16, String) {
+        http_get(self.node(id).http_addr, "/ready")
+            .await
+            .unwrap_or_else(|e| panic!("expected node {id} to answer /ready: {e}"))
+    }
+
     /// Crashes node `id` (SIGKILL) and reaps it.
     pub fn kill(&mut self, id: u64) {
         let mut child = self.take_child(id);
@@ -332,13 +370,35 @@ impl Cluster {
 
     /// Asks node `id` to stop gracefully (SIGTERM). See [`Cluster::wait_exit`].
     pub fn terminate(&mut self, id: u64) {
+        self.signal(id, "TERM");
+    }
+
+    /// Freezes node `id` (SIGSTOP): it keeps its sockets, so what is sent
+    /// to it waits in them, but it answers nothing until resumed. It does
+    /// not count as live meanwhile.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, "STOP");
+        self.node_mut(id).paused = true;
+    }
+
+    /// Lets a paused node `id` run on (SIGCONT).
+    pub fn resume(&mut self, id: u64) {
+        assert!(self.node(id).paused, "expected node {id} to be paused");
+        self.signal(id, "CONT");
+        self.node_mut(id).paused = false;
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
         let pid = self.node(id).child.as_ref().expect("node is running").id();
-        self.mark(&format!("SIGTERM node {id}"));
+        self.mark(&format!("SIG{signal} node {id}"));
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("`kill` runs");
-        assert!(status.success(), "expected `kill -TERM {pid}` to succeed");
+        assert!(
+            status.success(),
+            "expected `kill -{signal} {pid}` to succeed"
+        );
     }
 
     /// Waits until node `id` exits and returns its status; panics when it
@@ -592,7 +652,9 @@ impl Cluster {
     }
 
     fn take_child(&mut self, id: u64) -> Child {
-        let child = self.node_mut(id).child.take();
+        let node = self.node_mut(id);
+        node.paused = false;
+        let child = node.child.take();
         child.unwrap_or_else(|| panic!("expected node {id} to be running"))
     }
 
@@ -625,6 +687,34 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails());
         }
+    }
+}
+
+/// An acquire of one unit of `scope`'s concurrency key `key` (limit
+/// `limit`) under idempotency key `idem`.
+pub fn concurrency_acquire(
+    scope: &str,
+    key: &str,
+    limit: u32,
+    idem: &str,
+    lease_ttl_ms: u64,
+    wait_ms: Option<u64>,
+) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        scope: scope.into(),
+        constraints: vec![v1::Constraint {
+            kind: Some(constraint::Kind::Concurrency(v1::Concurrency {
+                key: key.into(),
+                limit,
+            })),
+        }],
+        amount: 1,
+        min_amount: None,
+        lease_ttl_ms,
+        max_lifetime_ms: None,
+        idempotency_key: idem.into(),
+        wait_ms,
+        fairness_key: String::new(),
     }
 }
 

@@ -17,7 +17,6 @@ use crate::engine::{self, Applied, Command, Engine, EngineError, MemStore};
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::{self, ServedBy};
 use crate::raft::{GroupId, NodeId, SlotMap};
-use crate::server::clock;
 use crate::server::group::{Group, ProposeError};
 use crate::wire;
 
@@ -381,11 +380,16 @@ async fn execute<C: Call>(
             Ok(Ok(applied)) => reply(applied)?,
             Ok(Err(e)) => return Err(e.into()),
             Err(ProposeError::NotLeader(_)) => return Ok(None),
-            Err(ProposeError::Stopped(why)) => return Err(Status::unavailable(why)),
+            Err(ProposeError::Stopped(why) | ProposeError::Unsynchronized(why)) => {
+                return Err(Status::unavailable(why))
+            }
         },
         Exec::Read(read) => match deadline.bound(group.raft.ensure_linearizable()).await? {
             Ok(_) => {
-                let now = clock::now_ms();
+                let now = group
+                    .clock
+                    .stamp_ms()
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
                 group.engine.read(|e| read(e, now))?
             }
             Err(e) => {

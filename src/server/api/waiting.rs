@@ -15,7 +15,6 @@ use crate::limits::{
     IDEMPOTENCY_KEY_BYTES_MAX, WAITERS_MAX, WAITER_BYTES_MAX, WAITER_OVERHEAD_BYTES, WAIT_MS_MAX,
 };
 use crate::proto::v1::{self, constraint, ServedBy};
-use crate::server::clock;
 use crate::server::group::{Group, ProposeError};
 use crate::server::turns::{Place, Turn};
 use crate::wire;
@@ -259,7 +258,9 @@ impl Api {
                 group.leader_hint(leader),
                 served_by.epoch,
             )),
-            Err(ProposeError::Stopped(why)) => Err(Status::unavailable(why)),
+            Err(ProposeError::Stopped(why) | ProposeError::Unsynchronized(why)) => {
+                Err(Status::unavailable(why))
+            }
         }
     }
 }
@@ -274,7 +275,7 @@ fn denied_here(
     acquire: &engine::AcquireRequest,
     reserved: u64,
 ) -> Option<Option<u64>> {
-    let now = clock::now_ms();
+    let now = group.clock.stamp_ms().ok()?;
     let reserved = u32::try_from(reserved).unwrap_or(u32::MAX);
     group.engine.read(|e| {
         if e.remembers(&acquire.scope, &acquire.idempotency_key) {
