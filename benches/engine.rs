@@ -1,6 +1,6 @@
 //! The engine alone, on one core: acquire + release cycles on one hot key and
-//! spread over 1,000,000 keys, and the memory an active lease and an idle key
-//! cost. Run with `cargo bench --bench engine`.
+//! spread over 1,000,000 keys, and the memory an active lease, an idle key
+//! and a recorded denial cost. Run with `cargo bench --bench engine`.
 //!
 //! Every acquire carries a fresh idempotency key, as the service's would.
 //! Applied time advances one millisecond every 100 cycles and the scavenger
@@ -21,7 +21,8 @@ use std::cell::{Cell, RefCell};
 
 use criterion::{BatchSize, Criterion, Throughput};
 use leasehold::engine::{
-    AcquireRequest, Command, Constraint, Engine, EngineConfig, MemStore, Outcome, ReleaseRequest,
+    AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, MemStore, Outcome,
+    ReleaseRequest,
 };
 
 /// Counts live heap bytes, for the memory figures.
@@ -82,6 +83,7 @@ impl Driver {
             lease_ttl_ms: ttl_ms,
             max_lifetime_ms: None,
             idempotency_key: format!("a{}", self.cycle),
+            attempt: Attempt::Final,
         })
     }
 
@@ -144,6 +146,7 @@ impl Driver {
             lease_ttl_ms: 30_000,
             max_lifetime_ms: None,
             idempotency_key: format!("pa{n}"),
+            attempt: Attempt::Final,
         });
         let slot = leasehold::slot::slot_of("acct", self.engine.config().slot_count);
         let release = Command::Release(ReleaseRequest {
@@ -195,8 +198,9 @@ fn live_bytes() -> isize {
 }
 
 /// Bytes per live lease (1,000,000 leases over 100,000 keys of limit 10,
-/// with their idempotency records) and per idle key (after every lease is
-/// released and the scavenger has run past the dedup window).
+/// with their idempotency records), per idle key (after every lease is
+/// released and the scavenger has run past the dedup window) and per
+/// recorded denial.
 fn report_memory() {
     let keys: Vec<String> = (0..100_000).map(|i| format!("fn-{i}")).collect();
     let mut d = Driver::new(1_000);
@@ -223,6 +227,29 @@ fn report_memory() {
          ({retained_mib:.1} MiB of map capacity stays allocated for reuse)",
         d.engine.store().key_count(),
         d.engine.store().lease_count(),
+        d.engine.store().dedup_count()
+    );
+    report_denial_memory();
+}
+
+/// Bytes per recorded denial: 1,000,000 acquires of a full key, each under
+/// its own idempotency key, on a fresh engine (whose maps have no capacity
+/// left over from other records) with a window longer than the run.
+fn report_denial_memory() {
+    let mut d = Driver::new(3_600_000);
+    d.acquire("full", 1, 3_600_000);
+    d.cycle += 1;
+    let before = live_bytes();
+    for _ in 0..1_000_000 {
+        let cmd = d.acquire_command("full", 1, 30_000);
+        let Outcome::Denied(_) = d.apply(&cmd) else {
+            panic!("the key is held to its limit");
+        };
+        d.cycle += 1;
+    }
+    let per_denial = (live_bytes() - before) as f64 / 1e6;
+    println!(
+        "memory: {per_denial:.0} bytes per recorded denial (dedup record, deadline), {} records",
         d.engine.store().dedup_count()
     );
 }

@@ -186,6 +186,9 @@ impl TryFrom<v1::AcquireRequest> for engine::AcquireRequest {
             lease_ttl_ms: r.lease_ttl_ms,
             max_lifetime_ms: r.max_lifetime_ms,
             idempotency_key: r.idempotency_key,
+            // Its caller hears the answer; a waiter marks its own interim
+            // attempts.
+            attempt: engine::Attempt::Final,
         })
     }
 }
@@ -581,6 +584,7 @@ mod tests {
                 lease_ttl_ms: 30_000,
                 max_lifetime_ms: Some(600_000),
                 idempotency_key: "k1".into(),
+                attempt: engine::Attempt::Final,
             }
         );
         assert_eq!(engine::validate::acquire(&r), Ok(()));

@@ -76,6 +76,14 @@ async fn an_operator_acquires_inspects_releases_and_surveys() {
     let text = stdout(&second);
     assert!(text.contains("denied"), "{text}");
     assert!(text.contains("concurrency  jobs"), "{text}");
+    // An attempt under the operator's own key: its denial stands for that
+    // key, also once capacity frees (below).
+    let keyed = [&acquire[..], &["--idempotency-key", "cli-attempt"]].concat();
+    let text = ok(&seeds, &keyed);
+    assert!(
+        text.contains("denied") && text.contains("new --idempotency-key"),
+        "{text}"
+    );
 
     let text = ok(&seeds, &["inspect", "cli-acct", "concurrency", "jobs"]);
     assert!(text.contains("used 1 of 1"), "{text}");
@@ -94,6 +102,8 @@ async fn an_operator_acquires_inspects_releases_and_surveys() {
     assert!(text.contains("was held"), "{text}");
     let text = ok(&seeds, &["release", "cli-acct", &id]);
     assert!(text.contains("was not held"), "{text}");
+    let text = ok(&seeds, &keyed);
+    assert!(text.contains("denied"), "the key's denial stands: {text}");
     assert!(stdout(&run(&seeds, &acquire)).contains("granted"));
 
     // An operator pauses the key: acquires are denied as paused, Inspect

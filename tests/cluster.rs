@@ -92,12 +92,18 @@ async fn forwarding_and_limits_across_nodes() {
     )
     .await;
     assert!(released.was_held, "expected {what} to find the lease held");
+    // The denied attempt stays denied: its key's retry replays the denial.
+    // A new attempt, under a new key, is granted.
     let what = "retry of the denied acquire through node 3 after a release";
     let reply = call(what, cluster.client(3).acquire(limited(3))).await;
     assert!(
-        !reply.replayed,
-        "expected a denial not to be recorded, so {what} is a fresh attempt"
+        reply.replayed,
+        "expected the denial to be recorded, so {what} replays it"
     );
+    assert_full_concurrency_key(expect_denial(&reply, what), "limited", 2, 30_000);
+    let what = "a new attempt through node 3 after a release";
+    let reply = call(what, cluster.client(3).acquire(limited(4))).await;
+    assert!(!reply.replayed, "expected {what} to be a fresh attempt");
     tokens.push(expect_grant(&reply, what).fencing_token);
 
     assert!(
@@ -880,11 +886,18 @@ impl Reply {
         }
     }
 
-    /// The outcome alone: without who served it and whether it was replayed.
+    /// The outcome alone: without who served it, whether it was replayed,
+    /// and (for a denial) its retry times.
     fn outcome(&self) -> Reply {
         let mut reply = self.clone();
         match &mut reply {
-            Reply::Acquire(r) => (r.replayed, r.served_by) = (false, None),
+            Reply::Acquire(r) => {
+                (r.replayed, r.served_by) = (false, None);
+                if let Some(AcquireResult::Denied(d)) = &mut r.result {
+                    d.retry_after_ms = None;
+                    d.blocking.iter_mut().for_each(|u| u.retry_after_ms = None);
+                }
+            }
             Reply::Extend(r) => (r.replayed, r.served_by) = (false, None),
             Reply::Release(r) => (r.replayed, r.served_by) = (false, None),
             Reply::Capacity(r) => (r.replayed, r.served_by) = (false, None),
@@ -892,16 +905,16 @@ impl Reply {
         reply
     }
 
-    /// Whether the server keeps this outcome for replays: everything but a
-    /// denial (errors never get here).
-    fn recorded(&self) -> bool {
-        !matches!(
-            self,
+    /// A denial's retry time, if this is one. In a replay it counts down
+    /// from the original decision.
+    fn retry_after_ms(&self) -> Option<Option<u64>> {
+        match self {
             Reply::Acquire(AcquireResponse {
-                result: Some(AcquireResult::Denied(_)),
+                result: Some(AcquireResult::Denied(d)),
                 ..
-            })
-        )
+            }) => Some(d.retry_after_ms),
+            _ => None,
+        }
     }
 }
 
@@ -958,7 +971,8 @@ impl Workload {
         again: &Result<Reply, Status>,
     ) {
         match (first, again) {
-            (Ok(first), Ok(again)) if first.recorded() => {
+            // Every outcome is recorded, a denial too.
+            (Ok(first), Ok(again)) => {
                 assert!(
                     again.replayed(),
                     "expected a retry of {call:?} after {first:?} to be a replay, got {again:?}"
@@ -968,15 +982,28 @@ impl Workload {
                     first.outcome(),
                     "expected the replay of {call:?} to return the original outcome"
                 );
+                let counted_down = match (first.retry_after_ms(), again.retry_after_ms()) {
+                    (Some(Some(before)), Some(Some(after))) => after <= before,
+                    (before, after) => before == after,
+                };
+                assert!(
+                    counted_down,
+                    "expected the replayed denial's retry time to count down: {first:?}, then \
+                     {again:?}"
+                );
                 self.replays += 1;
             }
-            (_, Ok(again)) => {
-                assert!(!again.replayed(), "expected a retry after a denial or error to be a fresh attempt: {call:?} got {again:?} after {first:?}");
-            }
-            (Ok(first), Err(s)) if first.recorded() => {
+            (Ok(first), Err(s)) => {
                 panic!("expected a retry of {call:?} after {first:?} to replay it, got {s}")
             }
-            (_, Err(_)) => {}
+            (Err(_), Ok(again)) => {
+                assert!(
+                    !again.replayed(),
+                    "expected a retry after an error to be a fresh attempt: {call:?} got \
+                     {again:?}"
+                );
+            }
+            (Err(_), Err(_)) => {}
         }
     }
 

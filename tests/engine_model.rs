@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 
 use leasehold::engine::{
-    AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Applied, Command, Constraint,
-    Denial, Engine, EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant, KeyAdmin, Kind,
-    MemStore, Outcome, PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
+    AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Applied, Attempt, Command,
+    Constraint, Denial, Engine, EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant,
+    KeyAdmin, Kind, MemStore, Outcome, PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
 };
 use leasehold::limits::{CAPACITY_MAX, DEDUP_WINDOW_MS_MAX};
 use leasehold::slot::{lease_id, slot_of};
@@ -108,8 +108,9 @@ struct Model {
     tats: Vec<(String, String, u128)>,
     /// (scope, key, recorded_at_ms, units, period_ms) of every rate-limit grant.
     rate_grants: Vec<(String, String, u64, u64, u64)>,
-    /// Every successful, non-denied mutating command and its outcome.
-    done: Vec<(Command, Outcome)>,
+    /// Every recorded command, its outcome and when it was applied: every
+    /// success, and every denial but an interim attempt's.
+    done: Vec<(Command, Outcome, u64)>,
     /// (scope, kind, key) → operator settings.
     admin: Vec<((String, Kind, String), KeyAdmin)>,
 }
@@ -126,18 +127,49 @@ fn identity(cmd: &Command) -> Option<(&str, &str)> {
     }
 }
 
+/// The request an attempt makes: how a denial of it is treated is not part
+/// of it.
+fn request(cmd: &Command) -> Command {
+    match cmd {
+        Command::Acquire(r) => Command::Acquire(AcquireRequest {
+            attempt: Attempt::Final,
+            ..r.clone()
+        }),
+        other => other.clone(),
+    }
+}
+
+/// `outcome`, recorded at `at_ms`, as a replay at `now_ms` returns it: a
+/// denial's waits count down from its time, to no less than 0.
+fn replayed(outcome: &Outcome, at_ms: u64, now_ms: u64) -> Outcome {
+    let Outcome::Denied(d) = outcome else {
+        return outcome.clone();
+    };
+    let later = |ms: Option<u64>| ms.map(|ms| ms.saturating_sub(now_ms - at_ms));
+    Outcome::Denied(Denial {
+        blocking: d
+            .blocking
+            .iter()
+            .map(|u| Usage {
+                retry_after_ms: later(u.retry_after_ms),
+                ..u.clone()
+            })
+            .collect(),
+        retry_after_ms: later(d.retry_after_ms),
+    })
+}
+
 impl Model {
     fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Seen {
         self.now_ms = self.now_ms.max(stamp_ms);
         if let Some(id) = identity(cmd) {
-            let earlier = self.done.iter().find(|(c, _)| identity(c) == Some(id));
-            if let Some((c, outcome)) = earlier {
-                if c != cmd {
+            let earlier = self.done.iter().find(|(c, ..)| identity(c) == Some(id));
+            if let Some((c, outcome, at_ms)) = earlier {
+                if request(c) != request(cmd) {
                     return Err(ErrorCode::IdempotencyKeyReused);
                 }
-                let outcome = outcome.clone();
                 return Ok(Applied {
-                    outcome,
+                    outcome: replayed(outcome, *at_ms, self.now_ms),
                     replayed: true,
                 });
             }
@@ -151,8 +183,9 @@ impl Model {
             Command::Admin(r) => self.admin(r),
             Command::Expire { .. } => Outcome::Expired(PurgeReport::default()),
         };
-        if identity(cmd).is_some() && !matches!(outcome, Outcome::Denied(_)) {
-            self.done.push((cmd.clone(), outcome.clone()));
+        let interim = matches!(cmd, Command::Acquire(r) if r.attempt == Attempt::Interim);
+        if identity(cmd).is_some() && !(interim && matches!(outcome, Outcome::Denied(_))) {
+            self.done.push((cmd.clone(), outcome.clone(), self.now_ms));
         }
         Ok(Applied {
             outcome,
@@ -627,6 +660,8 @@ enum Op {
         min_amount: Option<u32>,
         lease_ttl_ms: u64,
         extra_lifetime_ms: Option<u64>,
+        /// A waiting acquire's interim attempt.
+        interim: bool,
     },
     /// `back` counts lease ids back from the next one (0: never granted).
     Extend {
@@ -669,6 +704,9 @@ enum Idem {
     Fresh,
     /// Repeat the n-th latest mutating command verbatim.
     Retry(usize),
+    /// Repeat it as the other kind of attempt, if it is an acquire (the
+    /// waiter's next attempt, or its caller's retry).
+    Reattempt(usize),
     /// Reuse the scope and idempotency key of the n-th latest mutating
     /// command for this (most likely different) command.
     Reuse(usize),
@@ -707,15 +745,19 @@ fn op() -> impl Strategy<Value = Op> {
         prop::option::of(1u32..=4),
         1u64..=200,
         prop::option::of(0u64..=150),
+        prop::bool::weighted(0.25),
     )
         .prop_map(
-            |(scope, picks, amount, min_amount, lease_ttl_ms, extra_lifetime_ms)| Op::Acquire {
-                scope,
-                picks,
-                amount,
-                min_amount,
-                lease_ttl_ms,
-                extra_lifetime_ms,
+            |(scope, picks, amount, min_amount, lease_ttl_ms, extra_lifetime_ms, interim)| {
+                Op::Acquire {
+                    scope,
+                    picks,
+                    amount,
+                    min_amount,
+                    lease_ttl_ms,
+                    extra_lifetime_ms,
+                    interim,
+                }
             },
         );
     let delta = prop_oneof![
@@ -744,6 +786,7 @@ fn step() -> impl Strategy<Value = Step> {
     let idem = prop_oneof![
         8 => Just(Idem::Fresh),
         1 => (0usize..8).prop_map(Idem::Retry),
+        1 => (0usize..8).prop_map(Idem::Reattempt),
         1 => (0usize..8).prop_map(Idem::Reuse),
     ];
     (dt_ms, op(), idem).prop_map(|(dt_ms, op, idem)| Step { dt_ms, op, idem })
@@ -806,6 +849,7 @@ impl Builder<'_> {
             min_amount,
             lease_ttl_ms,
             extra_lifetime_ms,
+            interim,
             ..
         } = op
         else {
@@ -835,6 +879,11 @@ impl Builder<'_> {
             lease_ttl_ms: *lease_ttl_ms,
             max_lifetime_ms: extra_lifetime_ms.map(|e| lease_ttl_ms + e),
             idempotency_key,
+            attempt: if *interim {
+                Attempt::Interim
+            } else {
+                Attempt::Final
+            },
         }
     }
 
@@ -940,6 +989,15 @@ impl Builder<'_> {
             match step.idem {
                 Idem::Fresh => {}
                 Idem::Retry(n) => cmd = earlier(n),
+                Idem::Reattempt(n) => {
+                    cmd = earlier(n);
+                    if let Command::Acquire(r) = &mut cmd {
+                        r.attempt = match r.attempt {
+                            Attempt::Final => Attempt::Interim,
+                            Attempt::Interim => Attempt::Final,
+                        };
+                    }
+                }
                 Idem::Reuse(n) => {
                     let (scope, key) = identity(&earlier(n))
                         .map(|(s, k)| (s.to_string(), k.to_string()))
@@ -1004,14 +1062,15 @@ fn brief(cmd: &Command) -> String {
         Command::Acquire(r) => {
             let cs: Vec<String> = r.constraints.iter().map(brief_constraint).collect();
             format!(
-                "acquire {} {} [{}] amount {} min {:?} ttl {} life {:?}",
+                "acquire {} {} [{}] amount {} min {:?} ttl {} life {:?} {:?}",
                 r.scope,
                 r.idempotency_key,
                 cs.join(", "),
                 r.amount,
                 r.min_amount,
                 r.lease_ttl_ms,
-                r.max_lifetime_ms
+                r.max_lifetime_ms,
+                r.attempt
             )
         }
         Command::Extend(r) => format!(
@@ -1191,6 +1250,32 @@ fn one_lease_per_key(case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Once an acquire's caller hears a denial (a final attempt's, replayed or
+/// not), no attempt under its key is granted.
+fn denials_stay(case: &Case) -> Result<(), TestCaseError> {
+    let log = build(case);
+    let (_, outcomes) = run(&log);
+    let mut told_no: Vec<(&str, &str)> = Vec::new();
+    for (i, (entry, got)) in log.iter().zip(&outcomes).enumerate() {
+        let Command::Acquire(r) = &entry.cmd else {
+            continue;
+        };
+        let id = (r.scope.as_str(), r.idempotency_key.as_str());
+        match got.as_ref().map(|a| &a.outcome) {
+            Ok(Outcome::Granted(_)) => prop_assert!(
+                !told_no.contains(&id),
+                "key {:?} granted at #{} after its caller was denied; log:\n{}",
+                id,
+                i,
+                show(&log[..=i])
+            ),
+            Ok(Outcome::Denied(_)) if r.attempt == Attempt::Final => told_no.push(id),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn fencing_increases(case: &Case) -> Result<(), TestCaseError> {
     let log = build(case);
     let (_, outcomes) = run(&log);
@@ -1300,6 +1385,12 @@ proptest! {
         one_lease_per_key(&case)?;
     }
 
+    /// An idempotency key whose caller was denied never grants after.
+    #[test]
+    fn a_denied_key_never_grants(case in case()) {
+        denials_stay(&case)?;
+    }
+
     /// Fresh grants of one scope carry strictly increasing fencing tokens.
     #[test]
     fn fencing_tokens_increase(case in case()) {
@@ -1347,6 +1438,7 @@ fn grants_of(cs: &[Constraint], arrivals: &Arrivals, most: u32) -> Vec<(u64, u64
             lease_ttl_ms: 1,
             max_lifetime_ms: None,
             idempotency_key: format!("k{i}"),
+            attempt: Attempt::Final,
         });
         if let Outcome::Granted(g) = e.apply(stamp_ms, &cmd).unwrap().outcome {
             out.push((g.granted_at_ms, u64::from(g.granted_amount), c));
@@ -1463,6 +1555,7 @@ fn acquire(scope: &str, idem: &str, c: Constraint, amount: u32, lease_ttl_ms: u6
         lease_ttl_ms,
         max_lifetime_ms: None,
         idempotency_key: idem.into(),
+        attempt: Attempt::Final,
     })
 }
 

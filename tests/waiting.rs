@@ -216,7 +216,9 @@ async fn throttle_waiters_are_admitted_at_gcra_times() {
 }
 
 /// A waiter whose wait runs out gets the ordinary denial, with the time
-/// until the holder's lease expires as its retry_after_ms.
+/// until the holder's lease expires as its retry_after_ms. The denial is
+/// its key's answer: a retry with the key replays it at once, waiting no
+/// more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_runs_out_says_when_to_retry() {
     let cluster = Cluster::start(ClusterConfig::default()).await;
@@ -230,10 +232,13 @@ async fn a_wait_that_runs_out_says_when_to_retry() {
     let held = granted(client.acquire(one(3_000)).await, "the holder");
     let expires_at_ms = held.grant().expires_at_ms;
     let started = Instant::now();
+    let waiter = |wait_ms| {
+        one(1_000)
+            .wait(Duration::from_millis(wait_ms))
+            .idempotency_key("waiter")
+    };
     let denial = denied(
-        client
-            .acquire(one(1_000).wait(Duration::from_millis(500)))
-            .await,
+        client.acquire(waiter(500)).await,
         "a waiter whose 500 ms run out",
     );
     let waited = started.elapsed();
@@ -253,6 +258,22 @@ async fn a_wait_that_runs_out_says_when_to_retry() {
         "expected retry_after_ms ≈ holder expiry − now ≈ 2500, got {retry}"
     );
     assert_eq!(blocking.retry_after_ms, Some(retry));
+    let retried = Instant::now();
+    let replayed = denied(
+        client.acquire(waiter(2_000)).await,
+        "the waiter retried with its key",
+    );
+    let answered = retried.elapsed();
+    assert!(
+        answered < Duration::from_millis(1_500),
+        "expected the recorded denial at once, not after the 2 s wait; took {answered:?}"
+    );
+    let counted_down = replayed.retry_after_ms.expect("a retry time");
+    assert!(
+        counted_down <= retry && replayed.blocking[0].used == 1,
+        "expected the denial's figures with its retry time counted down from {retry}, got \
+         {replayed:?}"
+    );
     // It is exact: an acquire at expires_at_ms is granted.
     let granted_after = granted(
         client

@@ -61,7 +61,7 @@ pub struct AcquireArgs {
     /// No extension may carry the lease past its grant + MS
     #[arg(long, value_name = "MS")]
     max_lifetime_ms: Option<u64>,
-    /// Makes a retried acquire return the first one's lease [default: generated]
+    /// Names this attempt: the same KEY again returns its outcome, lease or denial; a new try needs a new KEY [default: generated]
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
     /// Wait up to MS on the leader for capacity instead of being denied (at most 300000)
@@ -83,6 +83,7 @@ pub async fn acquire(args: AcquireArgs) -> Result<Report, Status> {
     if let Some(max_lifetime_ms) = args.max_lifetime_ms {
         request = request.max_lifetime(Duration::from_millis(max_lifetime_ms));
     }
+    let own_key = args.idempotency_key.clone();
     if let Some(key) = args.idempotency_key {
         request = request.idempotency_key(key);
     }
@@ -96,7 +97,7 @@ pub async fn acquire(args: AcquireArgs) -> Result<Report, Status> {
             let grant = lease.detach();
             Ok(granted(&args.scope, &grant))
         }
-        Acquired::Denied(denial) => Ok(denied(&args.scope, &denial)),
+        Acquired::Denied(denial) => Ok(denied(&args.scope, &denial, own_key.as_deref())),
     }
 }
 
@@ -143,18 +144,25 @@ fn granted(scope: &str, grant: &v1::Grant) -> Report {
     Report::ok(json, text)
 }
 
-fn denied(scope: &str, denial: &v1::Denial) -> Report {
+/// A denial; `own_key` is the idempotency key the operator gave, if any.
+fn denied(scope: &str, denial: &v1::Denial, own_key: Option<&str>) -> Report {
     let json = json!({
         "result": "denied",
         "scope": scope,
         "retry_after_ms": denial.retry_after_ms,
         "blocking": usage_json(&denial.blocking),
     });
-    let text = format!(
+    let mut text = format!(
         "denied: nothing granted in scope {scope}; {}\n\nblocking:\n{}",
         render::retry_after(denial.retry_after_ms),
         usage_table(&denial.blocking)
     );
+    if let Some(key) = own_key {
+        text.push_str(&format!(
+            "\nThe denial stands for idempotency key {key} (the command repeated with it \
+             returns it again): try again with a new --idempotency-key.\n"
+        ));
+    }
     Report::ok(json, text)
 }
 

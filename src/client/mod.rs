@@ -8,7 +8,14 @@
 //!   leader (from the error's hint, or by refreshing the map) and retries
 //!   with the *same* idempotency key, with jittered backoff, until the
 //!   call's deadline. A leader change shows only as latency.
-//! - Generates idempotency keys when the caller gives none.
+//! - Generates idempotency keys when the caller gives none. A key names
+//!   one attempt: the server records its outcome, a denial as much as a
+//!   grant, and replays it to every retry under that key for its dedup
+//!   window. So the client retries with the same key only a call whose
+//!   outcome it did not learn, and never turns a denial into a retry: each
+//!   [`Client::acquire`] call is a new attempt, under a new generated key
+//!   (or the one the caller gives: give a new one to try again after a
+//!   denial).
 //! - One HTTP/2 channel per node, shared by every call; acquire, extend,
 //!   release and check travel as messages of one `Session` stream per node
 //!   (unless [`ClientConfig::streaming`] is off); at most
@@ -32,6 +39,8 @@
 //!         lease.release().await?;
 //!     }
 //!     Acquired::Denied(denial) => {
+//!         // Trying again is a new attempt: another `acquire` call, which
+//!         // gets a new idempotency key.
 //!         println!("retry in {:?} ms", denial.retry_after_ms);
 //!     }
 //! }
@@ -224,7 +233,12 @@ impl Acquire {
         self
     }
 
-    /// The caller's own key, to make a retry across processes idempotent.
+    /// The caller's own key for this attempt (1 to 128 bytes, unique per
+    /// scope), to make a retry across processes idempotent: an acquire
+    /// with the same key and parameters returns this attempt's outcome,
+    /// its grant or its denial, for the server's dedup window. After a
+    /// denial, try again under a new key. Without one, each
+    /// [`Client::acquire`] call generates its own.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Acquire {
         self.request.idempotency_key = key.into();
         self
@@ -292,7 +306,9 @@ impl Client {
         }
     }
 
-    /// Leases the request's constraints, or says why not.
+    /// Leases the request's constraints, or says why not: one attempt,
+    /// retried under its idempotency key only while its outcome is unknown
+    /// (a lost connection, a leader change), never after a denial.
     pub async fn acquire(&self, acquire: Acquire) -> Result<Acquired, Status> {
         let mut request = acquire.request;
         self.key_or_new(&mut request.idempotency_key);

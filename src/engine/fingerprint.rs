@@ -5,7 +5,9 @@ use super::types::{AdminAction, Command, Constraint, Kind};
 
 /// Hashes every parameter of `cmd` except its scope and idempotency key,
 /// which name its dedup record and so are equal whenever fingerprints are
-/// compared. The parameters are written to `buf` after a tag for the kind of
+/// compared, and an acquire's `attempt`, which tells how the proposer
+/// treats a denial, not what is asked: a waiting acquire's attempts and
+/// its caller's retries must match one another. The parameters are written to `buf` after a tag for the kind of
 /// command, integers fixed-width and strings length-prefixed, so distinct
 /// commands write distinct bytes. XXH3 is stable across versions and
 /// platforms, unlike `Hash`, so replicas built apart agree.
@@ -129,7 +131,7 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::types::{AcquireRequest, ReleaseRequest};
+    use crate::engine::types::{AcquireRequest, Attempt, ReleaseRequest};
 
     fn acquire(constraints: Vec<Constraint>, idempotency_key: &str) -> Command {
         Command::Acquire(AcquireRequest {
@@ -140,6 +142,7 @@ mod tests {
             lease_ttl_ms: 1_000,
             max_lifetime_ms: None,
             idempotency_key: idempotency_key.to_string(),
+            attempt: Attempt::Final,
         })
     }
 
@@ -171,5 +174,16 @@ mod tests {
         prints.sort_unstable();
         prints.dedup();
         assert_eq!(prints.len(), distinct.len());
+    }
+
+    #[test]
+    fn an_interim_attempt_is_the_same_request() {
+        let fp = |cmd: &Command| fingerprint(cmd, &mut Vec::new());
+        let last = acquire(vec![concurrency("k", 1)], "x");
+        let mut interim = last.clone();
+        if let Command::Acquire(r) = &mut interim {
+            r.attempt = Attempt::Interim;
+        }
+        assert_eq!(fp(&interim), fp(&last));
     }
 }

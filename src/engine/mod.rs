@@ -18,8 +18,9 @@ mod tests;
 
 pub use error::{EngineError, ErrorCode};
 pub use store::{
-    Deadline, DedupKey, DedupRecord, GrantUsage, Hold, KeyId, KeyRecord, KeyState, Lease, MemStore,
-    Meta, Recorded, ScopeId, Store, UsageFigures, WindowEntry,
+    BlockingFigures, Deadline, DedupKey, DedupRecord, DenialUsage, GrantUsage, Hold, KeyId,
+    KeyRecord, KeyState, Lease, MemStore, Meta, Recorded, ScopeId, Store, UsageFigures,
+    WindowEntry,
 };
 pub use types::*;
 
@@ -30,8 +31,8 @@ use crate::slot::{self, Slot};
 /// Settings every replica of a group must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// How long an idempotency record outlives what it recorded (for an
-    /// acquire: the end of its lease).
+    /// How long an idempotency record outlives what it recorded (for a
+    /// grant: the end of its lease; for a denial: the denial).
     pub dedup_window_ms: u64,
     /// The cluster's hash slots (fixed at creation): a lease id carries its
     /// scope's slot, and each slot counts its own grants (see
@@ -103,7 +104,7 @@ impl<S: Store> Engine<S> {
             Some((scope, idempotency_key)) => {
                 let key = DedupKey::new(scope, idempotency_key);
                 let fingerprint = fingerprint::fingerprint(cmd, &mut self.scratch);
-                if let Some(replay) = self.replay(key, fingerprint, cmd, idempotency_key)? {
+                if let Some(replay) = self.replay(key, fingerprint, cmd, idempotency_key, now_ms)? {
                     return Ok(replay);
                 }
                 Some((key, fingerprint))
@@ -123,7 +124,7 @@ impl<S: Store> Engine<S> {
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
         if let Some((key, fingerprint)) = dedup {
-            self.remember(key, fingerprint, &outcome, now_ms);
+            self.remember(key, fingerprint, cmd, &outcome, now_ms);
         }
         Ok(Applied {
             outcome,
@@ -146,6 +147,7 @@ impl<S: Store> Engine<S> {
         fingerprint: u64,
         cmd: &Command,
         idempotency_key: &str,
+        now_ms: u64,
     ) -> Result<Option<Applied>> {
         let reused = || EngineError::IdempotencyKeyReused {
             idempotency_key: idempotency_key.to_string(),
@@ -155,7 +157,7 @@ impl<S: Store> Engine<S> {
             Some(rec) if rec.fingerprint == fingerprint => {
                 // Equal fingerprints mean the same request, so the record
                 // fits it; were that ever not so, the key was reused.
-                let outcome = Self::replayed(&rec.outcome, cmd).ok_or_else(reused)?;
+                let outcome = Self::replayed(&rec.outcome, cmd, now_ms).ok_or_else(reused)?;
                 Ok(Some(Applied {
                     outcome,
                     replayed: true,
@@ -165,9 +167,10 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// The outcome `recorded` stands for, completed from the request `cmd`
-    /// that repeats the one recorded; `None` if they do not fit.
-    fn replayed(recorded: &Recorded, cmd: &Command) -> Option<Outcome> {
+    /// The outcome `recorded` stands for at `now_ms`, completed from the
+    /// request `cmd` that repeats the one recorded; `None` if they do not
+    /// fit.
+    fn replayed(recorded: &Recorded, cmd: &Command, now_ms: u64) -> Option<Outcome> {
         let outcome = match (recorded, cmd) {
             (
                 Recorded::Granted {
@@ -215,14 +218,64 @@ impl<S: Store> Engine<S> {
                 capacity: *capacity,
             },
             (Recorded::Admin(admin), Command::Admin(_)) => Outcome::Admin(admin.clone()),
+            (
+                Recorded::Denied {
+                    blocking,
+                    paused,
+                    usage,
+                },
+                Command::Acquire(r),
+            ) => Outcome::Denied(Self::replayed_denial(*blocking, *paused, usage, r, now_ms)?),
             _ => return None,
         };
         Some(outcome)
     }
 
-    /// What a dedup record keeps of `outcome`; `None` for outcomes never
-    /// recorded.
-    fn recorded(outcome: &Outcome) -> Option<Recorded> {
+    /// A recorded denial as it reads at `now_ms`: the figures of its time,
+    /// and each `retry_after_ms` counted down from then (at least 0).
+    fn replayed_denial(
+        blocking: u16,
+        paused: u16,
+        usage: &DenialUsage,
+        r: &AcquireRequest,
+        now_ms: u64,
+    ) -> Option<Denial> {
+        let fits = blocking.count_ones() as usize == usage.count()
+            && (u16::BITS - blocking.leading_zeros()) as usize <= r.constraints.len();
+        if !fits {
+            return None;
+        }
+        let blocking: Vec<Usage> = (0..r.constraints.len())
+            .filter(|i| blocking & (1 << i) != 0)
+            .zip(usage.iter())
+            .map(|(i, f)| Usage {
+                kind: r.constraints[i].kind(),
+                key: r.constraints[i].key().to_string(),
+                used: f.figures.used,
+                limit: f.figures.limit,
+                available: f.figures.available,
+                retry_after_ms: f.admits_at_ms.map(|at| at.saturating_sub(now_ms)),
+                paused: paused & (1 << i) != 0,
+            })
+            .collect();
+        Some(Denial {
+            retry_after_ms: Self::retry_after_ms(&blocking),
+            blocking,
+        })
+    }
+
+    /// Until every blocking constraint admits: the largest of their waits,
+    /// `None` if one of them never will by time alone.
+    fn retry_after_ms(blocking: &[Usage]) -> Option<u64> {
+        blocking
+            .iter()
+            .map(|u| u.retry_after_ms)
+            .try_fold(0, |acc, r| r.map(|r| acc.max(r)))
+    }
+
+    /// What a dedup record keeps of `outcome`, for `cmd` applied at
+    /// `now_ms`; `None` for outcomes never recorded.
+    fn recorded(cmd: &Command, outcome: &Outcome, now_ms: u64) -> Option<Recorded> {
         let figures = |u: &Usage| UsageFigures {
             used: u.used,
             limit: u.limit,
@@ -251,14 +304,63 @@ impl<S: Store> Engine<S> {
                 capacity: *capacity,
             },
             Outcome::Admin(admin) => Recorded::Admin(admin.clone()),
-            Outcome::Denied(_) | Outcome::Expired(_) => return None,
+            Outcome::Denied(d) => {
+                let Command::Acquire(r) = cmd else {
+                    unreachable!("only acquires are denied")
+                };
+                if r.attempt == Attempt::Interim {
+                    return None;
+                }
+                Self::recorded_denial(r, d, now_ms)
+            }
+            Outcome::Expired(_) => return None,
         })
     }
 
-    /// Records a successful outcome under the command's idempotency key.
-    /// Denials are not recorded: a retry after one is a fresh attempt.
-    fn remember(&mut self, key: DedupKey, fingerprint: u64, outcome: &Outcome, now_ms: u64) {
-        let Some(recorded) = Self::recorded(outcome) else {
+    /// What a dedup record keeps of denial `d` of `r` at `now_ms`: which
+    /// constraints blocked, their figures, and when each would admit.
+    fn recorded_denial(r: &AcquireRequest, d: &Denial, now_ms: u64) -> Recorded {
+        let mut blocking = 0u16;
+        let mut paused = 0u16;
+        // Blocking usages come in request order, each naming a distinct key.
+        let mut at = r.constraints.iter().map(Constraint::key).enumerate();
+        let mut figures = d.blocking.iter().map(|u| {
+            let (i, _) = at
+                .find(|(_, key)| *key == u.key)
+                .expect("a blocking usage names a constraint of its request");
+            blocking |= 1 << i;
+            if u.paused {
+                paused |= 1 << i;
+            }
+            BlockingFigures {
+                figures: UsageFigures {
+                    used: u.used,
+                    limit: u.limit,
+                    available: u.available,
+                },
+                admits_at_ms: u.retry_after_ms.map(|ms| now_ms.saturating_add(ms)),
+            }
+        });
+        let first = figures.next().expect("a denial has a blocking constraint");
+        let rest = figures.collect();
+        Recorded::Denied {
+            blocking,
+            paused,
+            usage: DenialUsage { first, rest },
+        }
+    }
+
+    /// Records an outcome under the command's idempotency key: any
+    /// success, and a denial its caller hears (see [`Attempt`]).
+    fn remember(
+        &mut self,
+        key: DedupKey,
+        fingerprint: u64,
+        cmd: &Command,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) {
+        let Some(recorded) = Self::recorded(cmd, outcome, now_ms) else {
             return;
         };
         // A grant's record lives as long as its lease; the lease's end
@@ -314,13 +416,9 @@ impl<S: Store> Engine<S> {
             .filter(|view| view.usage_parts().2 < u64::from(min_amount))
             .map(|view| view.usage(Some(min_amount)))
             .collect();
-        let retry_after_ms = blocking
-            .iter()
-            .map(|u| u.retry_after_ms)
-            .try_fold(0, |acc, r| r.map(|r| acc.max(r)));
         Evaluation::Deny(Denial {
+            retry_after_ms: Self::retry_after_ms(&blocking),
             blocking,
-            retry_after_ms,
         })
     }
 
@@ -660,16 +758,17 @@ impl<S: Store> Engine<S> {
         report
     }
 
-    /// Would an acquire of these constraints be granted at `now_ms`? Reads
-    /// only; `now_ms` earlier than the applied time counts as the applied time.
-    /// Whether a command with this idempotency key succeeded and is still
-    /// remembered (a retry would replay it). Denials are never remembered.
+    /// Whether an outcome of a command with this idempotency key is still
+    /// recorded (a retry would replay it): a success, or a denial its
+    /// caller heard.
     pub fn remembers(&self, scope: &str, idempotency_key: &str) -> bool {
         self.store
             .dedup(&DedupKey::new(scope, idempotency_key))
             .is_some()
     }
 
+    /// Would an acquire of these constraints be granted at `now_ms`? Reads
+    /// only; `now_ms` earlier than the applied time counts as the applied time.
     pub fn check(
         &self,
         scope: &str,

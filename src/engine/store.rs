@@ -198,7 +198,18 @@ pub enum Recorded {
         capacity: u64,
     },
     Admin(KeyAdmin),
+    /// A denial names only the blocking constraints of the request: bit `i`
+    /// of `blocking` stands for its constraint `i` (a request carries at
+    /// most 16), and `usage` holds their figures in request order.
+    Denied {
+        blocking: u16,
+        /// Bit `i`: constraint `i`'s key was paused.
+        paused: u16,
+        usage: DenialUsage,
+    },
 }
+
+const _: () = assert!(crate::limits::CONSTRAINTS_PER_REQUEST_MAX <= u16::BITS as usize);
 
 /// The figures of a grant's usage, one per constraint in request order:
 /// the first inline, since most acquires carry one constraint.
@@ -217,6 +228,35 @@ impl GrantUsage {
     pub fn iter(&self) -> impl Iterator<Item = &UsageFigures> {
         std::iter::once(&self.first).chain(&self.rest)
     }
+}
+
+/// The figures of a denial's blocking constraints, in request order: the
+/// first inline, since most denials have one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenialUsage {
+    pub first: BlockingFigures,
+    pub rest: Vec<BlockingFigures>,
+}
+
+impl DenialUsage {
+    /// How many blocking constraints the figures are of.
+    pub fn count(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BlockingFigures> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+}
+
+/// A blocking constraint's figures as its denial saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingFigures {
+    pub figures: UsageFigures,
+    /// The applied time at which it would admit the request, if nothing
+    /// else happened: the denial's time plus its `retry_after_ms`. `None`
+    /// when time alone never will.
+    pub admits_at_ms: Option<u64>,
 }
 
 /// [`Usage`](super::types::Usage) without what its constraint names.

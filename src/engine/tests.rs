@@ -226,6 +226,11 @@ fn run_block(engine: &mut Engine<MemStore>, block: &Block) -> String {
             lease_ttl_ms: a.num("ttl"),
             max_lifetime_ms: a.opt("lifetime"),
             idempotency_key: a.str("idem"),
+            attempt: match a.str_or("attempt", "final").as_str() {
+                "final" => Attempt::Final,
+                "interim" => Attempt::Interim,
+                other => panic!("unknown attempt {other}"),
+            },
         }),
         "extend" => Command::Extend(ExtendRequest {
             scope: a.scope(),
@@ -408,4 +413,14 @@ fn datadriven() {
     for f in files {
         run_file(&f);
     }
+}
+
+/// A recorded denial takes no more room than a recorded grant: the dedup
+/// table's records keep their size (a denial of one blocking constraint
+/// allocates nothing more).
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_dedup_record_stays_compact() {
+    assert_eq!(std::mem::size_of::<Recorded>(), 72);
+    assert_eq!(std::mem::size_of::<DedupRecord>(), 96);
 }

@@ -84,6 +84,26 @@ pub struct AcquireRequest {
     /// The lease can never be extended past `granted_at + max_lifetime_ms`.
     pub max_lifetime_ms: Option<u64>,
     pub idempotency_key: String,
+    /// Whether a denial of this attempt is its caller's answer. Not part of
+    /// the request's fingerprint: a waiting acquire's attempts and its
+    /// caller's retries are one request.
+    pub attempt: Attempt,
+}
+
+/// What a denial of an acquire attempt means. Whatever the attempt, an
+/// outcome already recorded under its idempotency key is replayed, and a
+/// grant is recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Attempt {
+    /// The caller hears a denial: it is recorded under the idempotency key
+    /// for the dedup window, so a retry replays it and the key never grants
+    /// after its caller was told no.
+    #[default]
+    Final,
+    /// An attempt of a waiting acquire, which its waiter follows with
+    /// another while its wait lasts: a denial is not recorded (the next
+    /// attempt would replay it) and is not the caller's answer.
+    Interim,
 }
 
 impl AcquireRequest {

@@ -17,7 +17,7 @@ use super::state_machine::{checkpoint_interval, CHECKPOINT_INTERVAL_ENTRIES};
 use super::types::{Entry, LogId, StorageError};
 use super::{GroupId, LogStore, RaftDb, Request, Response, StateMachine};
 use crate::engine::{
-    AcquireRequest, Command, Constraint, Engine, EngineConfig, Kind, MemStore, Outcome,
+    AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, Kind, MemStore, Outcome,
     ReleaseRequest,
 };
 
@@ -62,6 +62,7 @@ fn acquire(key: &str, idempotency_key: &str) -> Command {
         lease_ttl_ms: 3_600_000,
         max_lifetime_ms: None,
         idempotency_key: idempotency_key.into(),
+        attempt: Attempt::Final,
     })
 }
 

@@ -127,6 +127,12 @@ impl Api {
     /// proposed; a change of leadership ends it at once with NOT_LEADER, so
     /// that the caller (or the node that forwarded it) carries on at the
     /// new leader.
+    ///
+    /// Attempts proposed while the wait lasts are interim: a denial of one
+    /// is not recorded under the idempotency key, and the waiter tries
+    /// again. Only a final attempt, once the wait is over, is answered with
+    /// a denial (which the engine records); an outcome already recorded
+    /// under the key is the answer at once.
     async fn wait_here(
         &self,
         parked: Parked,
@@ -183,9 +189,10 @@ impl Api {
                 // Raft round for nothing. Capacity frees only as commands
                 // apply or proposals are answered (either wakes `changed`)
                 // or as time passes (the check's retry_after). An attempt
-                // whose key already succeeded goes at once, to replay that
-                // grant; so does the last one, for the denial's details.
-                if turn.is_some() && now < deadline {
+                // whose key has a recorded outcome goes at once, to replay
+                // it; so does the final one, for the denial's details.
+                let interim = turn.is_some() && now < deadline;
+                if interim {
                     let reserved = self.turns.reserved(&name);
                     if let Some(retry_after) = denied_here(&group, &acquire, reserved) {
                         let until = retry_after.map_or(deadline, |ms| {
@@ -199,16 +206,26 @@ impl Api {
                         continue;
                     }
                 }
-                let had_turn = turn.is_some();
+                let attempt = if interim {
+                    engine::Attempt::Interim
+                } else {
+                    engine::Attempt::Final
+                };
+                let attempt = engine::AcquireRequest {
+                    attempt,
+                    ..acquire.clone()
+                };
                 let reply = self
-                    .propose_waiting(&group, served_by, call, &name, &acquire, turn.take())
+                    .propose_waiting(&group, served_by, call, &name, attempt, turn.take())
                     .await?;
                 let denied = matches!(reply.result, Some(v1::acquire_response::Result::Denied(_)));
-                if !denied || !had_turn || tokio::time::Instant::now() >= deadline {
+                if !denied || !interim || reply.replayed {
                     return Ok(Response::new(reply));
                 }
                 // Capacity went to an acquire that does not wait between
                 // the check and the apply: back to the head of the queue.
+                // The denial was not recorded, so it is not an answer: a
+                // wait that ran out meanwhile ends with a final attempt.
                 let place = self.turns.rejoin(&name, &fairness, ticket);
                 turn = wait_turn(&group, place, deadline).await;
             }
@@ -222,23 +239,23 @@ impl Api {
         result
     }
 
-    /// Proposes a waiter's acquire on this leader and passes `turn` on as
-    /// soon as the proposal is queued: the next waiter's proposal goes
-    /// after it, in the same entry or a later one. Its amount counts as
-    /// reserved in queue `name` until it is answered.
+    /// Proposes an attempt of a waiter's acquire on this leader and passes
+    /// `turn` on as soon as the proposal is queued: the next waiter's
+    /// proposal goes after it, in the same entry or a later one. Its amount
+    /// counts as reserved in queue `name` until it is answered.
     async fn propose_waiting(
         &self,
         group: &Group,
         served_by: ServedBy,
         call: Deadline,
         name: &str,
-        acquire: &engine::AcquireRequest,
+        attempt: engine::AcquireRequest,
         turn: Option<Turn>,
     ) -> Result<v1::AcquireResponse, Status> {
         let _reserved =
             self.turns
-                .reserve(name, acquire.amount, Arc::clone(&group.capacity_changed));
-        let queued = group.enqueue(Command::Acquire(acquire.clone())).await;
+                .reserve(name, attempt.amount, Arc::clone(&group.capacity_changed));
+        let queued = group.enqueue(Command::Acquire(attempt)).await;
         drop(turn);
         let applied = match queued {
             Ok(answer) => call.bound(answer).await?,
@@ -268,8 +285,8 @@ impl Api {
 /// `Some(retry_after_ms)` when the leader's applied state would deny
 /// `acquire` now, on top of `reserved` units that earlier waiters of its
 /// queue proposed and have not heard back on; `None` when it would grant
-/// it, when its key already succeeded (a proposal replays that), or when
-/// it cannot tell.
+/// it, when its key has a recorded outcome (a grant, or a denial its
+/// caller heard: a proposal replays it), or when it cannot tell.
 fn denied_here(
     group: &Group,
     acquire: &engine::AcquireRequest,
