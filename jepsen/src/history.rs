@@ -411,6 +411,17 @@ pub struct Completed {
 }
 
 impl Completed {
+    /// Whether this is a definite denial: an acquire or throttle that
+    /// failed with no error.
+    pub fn is_denial(&self) -> bool {
+        let error = match &self.op {
+            Op::Acquire(a) => &a.error,
+            Op::Throttle(t) => &t.error,
+            _ => return false,
+        };
+        self.outcome == Outcome::Fail && error.is_none()
+    }
+
     /// A one-line description for violation reports.
     pub fn describe(&self) -> String {
         let end = match self.complete_ns {
@@ -689,6 +700,31 @@ impl<'a> Attempts<'a> {
             .copied()
             .filter(|c| c.outcome == Outcome::Ok)
             .min_by_key(|c| c.complete_ns)
+    }
+
+    /// The attempt whose denial was heard first: an acquire or throttle
+    /// failing with no error. The server records a denial under its
+    /// idempotency key and replays it to every attempt, so a denied
+    /// operation was decided once, between [`decided_from_ns`] and this
+    /// completion, and granted nothing.
+    ///
+    /// [`decided_from_ns`]: Attempts::decided_from_ns
+    pub fn first_denial(&self) -> Option<&'a Completed> {
+        self.ops
+            .iter()
+            .copied()
+            .filter(|c| c.is_denial())
+            .min_by_key(|c| c.complete_ns)
+    }
+
+    /// The earliest invoke of an attempt that may have reached the
+    /// decision: any but one that failed with a definite error.
+    pub fn decided_from_ns(&self) -> Option<u64> {
+        self.ops
+            .iter()
+            .filter(|c| c.outcome != Outcome::Fail || c.is_denial())
+            .map(|c| c.invoke_ns)
+            .min()
     }
 
     /// Ok if any attempt was ok, else info if any may have taken effect,

@@ -1,8 +1,11 @@
 //! `idempotency`: a retry returns the original outcome and never spends
 //! capacity twice. Every ok attempt of one acquire (same key and
 //! idempotency key) names the same lease and token, every ok attempt of one
-//! throttle admission the same token, and no lease is named by two
-//! different acquires.
+//! throttle admission the same token, no lease is named by two different
+//! acquires, and no acquire or throttle is both granted and denied: the
+//! server records a denial under its idempotency key for longer than a run,
+//! so an attempt held back by a fault never grants after its retry heard
+//! "denied".
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +54,16 @@ pub fn check(ops: &[Completed]) -> Verdict {
                 list.join("; ")
             ));
         }
+        if let (Some(granted), Some(denied)) = (attempts.first_ok(), attempts.first_denial()) {
+            found.add(format!(
+                "{} {} idem={}: both granted and denied: {} and {}",
+                id.f,
+                id.key,
+                id.idem,
+                granted.describe(),
+                denied.describe()
+            ));
+        }
         for lease in answers.into_iter().filter_map(|(lease, _)| lease) {
             named.entry(lease).or_default().insert((id.key, id.idem));
         }
@@ -86,9 +99,10 @@ mod tests {
         s.info(0, 50, acq("k", "a"));
         s.ok(60, 65, acq("k", "a").lease(1));
         s.ok(70, 75, acq("k", "a").lease(1));
-        // A denial is not recorded: the retry is a fresh attempt.
-        s.fail(80, 85, acq("k", "b"));
-        s.ok(90, 95, acq("k", "b").lease(2));
+        // A denial is recorded: every retry hears it again.
+        s.info(80, 85, acq("k", "b"));
+        s.fail(90, 95, acq("k", "b"));
+        s.fail(100, 105, acq("k", "b"));
         s.ok(0, 5, thr("t", "x").token(3));
         s.ok(6, 9, thr("t", "x").token(3));
         let v = run(&s);
@@ -108,6 +122,26 @@ mod tests {
             "{}",
             v.violations[0]
         );
+    }
+
+    #[test]
+    fn detects_a_grant_of_an_acquire_that_was_denied() {
+        // The original attempt, held back by a pause, is granted after its
+        // retry heard "denied".
+        let mut s = Script::new();
+        s.ok(0, 900, acq("k", "a").lease(1));
+        s.fail(100, 105, acq("k", "a"));
+        let v = run(&s);
+        assert_eq!(v.violations_total, 1, "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("both granted and denied"),
+            "{}",
+            v.violations[0]
+        );
+        let mut s = Script::new();
+        s.ok(0, 5, thr("t", "x").token(3));
+        s.fail(6, 9, thr("t", "x"));
+        assert!(!run(&s).ok);
     }
 
     #[test]

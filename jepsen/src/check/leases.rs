@@ -105,8 +105,14 @@ impl<'a> Leases<'a> {
         leases
     }
 
-    /// Adds the lease(s) one acquire's attempts may have granted.
+    /// Adds the lease(s) one acquire's attempts may have granted. A denied
+    /// acquire granted none: its attempts share one recorded decision.
+    /// (One both granted and denied is reported by `idempotency`; its
+    /// grant is kept here.)
     fn add_grant(&mut self, attempts: &Attempts<'a>, named: &mut BTreeMap<LeaseId, Lease<'a>>) {
+        if attempts.first_denial().is_some() && attempts.first_ok().is_none() {
+            return;
+        }
         let (Some(invoke_ns), Some(last_invoke_ns)) =
             (attempts.effect_from_ns(), attempts.last_invoke_ns())
         else {

@@ -14,8 +14,12 @@
 //! - an acquire or release of unknown outcome may take effect at any
 //!   instant after its invoke, or never; an unanswered acquire that took
 //!   effect holds a lease no client can name or release.
-//! - attempts sharing an idempotency key are one operation (denials
-//!   excepted: the server does not record them, so each is its own).
+//! - attempts sharing an idempotency key are one operation with one
+//!   outcome, which the server records and replays: a denied acquire is
+//!   one denial, decided between the earliest invoke among its attempts
+//!   (those that did not fail with a definite error) and the first denial
+//!   heard, and grants nothing. (One both granted and denied is an
+//!   `idempotency` violation; here its denials stand as their own ops.)
 //!
 //! The search is Wing & Gong's, with Lowe's memoization of (linearized
 //! set, state): depth-first over which pending operation takes effect
@@ -137,25 +141,32 @@ fn model_ops(ops: &[Completed]) -> BTreeMap<&str, Vec<LinOp<'_>>> {
         let Some(key_ops) = keys.get_mut(id.key) else {
             continue;
         };
-        for &c in &attempts.ops {
-            match &c.op {
-                Op::Acquire(a) if c.outcome == Outcome::Fail && a.error.is_none() => {
-                    key_ops.push(LinOp {
-                        invoke_ns: c.invoke_ns,
-                        complete_ns: c.complete_ns,
-                        step: Step::Deny {
-                            limit: a.limit as usize,
-                        },
-                        source: c,
-                    });
-                }
-                _ => {}
+        let answer = attempts.first_ok();
+        let deny = |c: &'a Completed, invoke_ns: u64| match &c.op {
+            Op::Acquire(a) => Some(LinOp {
+                invoke_ns,
+                complete_ns: c.complete_ns,
+                step: Step::Deny {
+                    limit: a.limit as usize,
+                },
+                source: c,
+            }),
+            _ => None,
+        };
+        match (answer, attempts.first_denial(), attempts.decided_from_ns()) {
+            (None, Some(denied), Some(from_ns)) => {
+                key_ops.extend(deny(denied, from_ns));
+                continue;
             }
+            (Some(_), Some(_), _) => {
+                let denials = attempts.ops.iter().filter(|c| c.is_denial());
+                key_ops.extend(denials.filter_map(|&c| deny(c, c.invoke_ns)));
+            }
+            _ => {}
         }
         let Some(invoke_ns) = attempts.effect_from_ns() else {
             continue;
         };
-        let answer = attempts.first_ok();
         let source = answer.unwrap_or(attempts.ops[0]);
         let step = match &source.op {
             Op::Acquire(a) => {
@@ -617,6 +628,27 @@ mod tests {
         // An unanswered acquire could have taken the key.
         s.info(56, 100, lock("y"));
         assert!(run(&s).ok);
+    }
+
+    #[test]
+    fn a_retry_hears_the_denial_decided_for_its_first_attempt() {
+        let mut s = Script::new();
+        s.ok(0, 10, lock("a").lease(1));
+        s.info(12, 18, lock("d"));
+        s.ok(20, 30, rel("k", "r", 1).held(true));
+        // Decided while lease 1 was held, heard after it was released.
+        s.fail(40, 45, lock("d"));
+        // And the denied acquire holds nothing.
+        s.ok(50, 60, lock("c").lease(2));
+        let v = run(&s);
+        assert!(v.ok, "{:?}", v.violations);
+        // A denial cannot be decided before its first attempt.
+        let mut s = Script::new();
+        s.ok(0, 10, lock("a").lease(1));
+        s.ok(20, 30, rel("k", "r", 1).held(true));
+        s.info(32, 38, lock("d"));
+        s.fail(40, 45, lock("d"));
+        assert!(!run(&s).ok);
     }
 
     #[test]

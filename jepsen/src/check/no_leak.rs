@@ -1,8 +1,11 @@
 //! `no_leak`: capacity is never lost.
 //!
 //! (a) A definite denial (an acquire failing with no error) is legitimate
-//! only if, at some instant between its invoke and completion, at least
-//! `limit` leases of its key were possibly held. A lease is possibly held
+//! only if, at some instant between its decision's earliest moment and its
+//! completion, at least `limit` leases of its key were possibly held. The
+//! attempts sharing its idempotency key share one recorded decision, so
+//! that moment is the earliest invoke among them that was not a definite
+//! error: a retry may hear a denial decided for an earlier attempt. A lease is possibly held
 //! from the earliest invoke that may have granted it — answered ok, or
 //! unanswered (and still in flight), since an unanswered acquire may have
 //! been granted — until the earliest ok completion of its release or its
@@ -14,11 +17,11 @@
 //! (b) Every op of phase `final` — run after faults healed and every TTL
 //! passed, when all capacity must be grantable again — succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use crate::history::{Completed, Op, Outcome, Phase};
+use crate::history::{by_idem, Completed, Op, Outcome, Phase};
 
 use super::faults::Faults;
 use super::leases::Leases;
@@ -41,20 +44,27 @@ pub fn check(ops: &[Completed], params: &Params, faults: &Faults) -> Verdict {
         .iter()
         .map(|(key, held)| (*key, Profile::new(held)))
         .collect();
+    let decided_from: HashMap<(&str, &str), u64> = by_idem(ops)
+        .into_iter()
+        .filter(|(id, _)| id.f == "acquire")
+        .filter_map(|(id, attempts)| Some(((id.key, id.idem), attempts.decided_from_ns()?)))
+        .collect();
     let mut found = Findings::default();
     let mut denials = 0;
     for c in ops {
-        let (Op::Acquire(a), Outcome::Fail, Some(done_ns)) = (&c.op, c.outcome, c.complete_ns)
-        else {
+        let (Op::Acquire(a), Some(done_ns)) = (&c.op, c.complete_ns) else {
             continue;
         };
-        if a.error.is_some() {
+        if !c.is_denial() {
             continue;
         }
         denials += 1;
+        let from_ns = decided_from
+            .get(&(a.key.as_str(), a.idem.as_str()))
+            .map_or(c.invoke_ns, |&ns| ns.min(c.invoke_ns));
         let most = profiles
             .get(a.key.as_str())
-            .map_or(0, |p| p.most(c.invoke_ns, done_ns));
+            .map_or(0, |p| p.most(from_ns, done_ns));
         if most < a.limit {
             found.add(format!(
                 "key {}: {} denied as full, but at most {most} of {} leases could be held then",
@@ -195,6 +205,25 @@ mod tests {
         let v = run(&s);
         assert!(v.ok, "{:?}", v.violations);
         assert_eq!(v.stats["denials"], 4);
+    }
+
+    #[test]
+    fn a_retry_hears_the_denial_decided_for_its_first_attempt() {
+        let mut s = Script::new();
+        s.ok(0, 5, acq("k", "a").lease(1));
+        s.info(10, 20, acq("k", "b"));
+        s.ok(30, 35, rel("k", "r", 1).held(true));
+        // Long after every lease could have ended, the retry of b replays
+        // the denial decided while lease 1 was held.
+        s.fail(3000, 3010, acq("k", "b"));
+        let v = run(&s);
+        assert!(v.ok, "{:?}", v.violations);
+        // A denied acquire held nothing, so it justifies no other denial,
+        // even while its first attempt was unanswered.
+        s.fail(50, 55, acq("k", "c"));
+        let v = run(&s);
+        assert_eq!(v.violations_total, 1, "{:?}", v.violations);
+        assert!(v.violations[0].contains("idem=c"), "{}", v.violations[0]);
     }
 
     #[test]

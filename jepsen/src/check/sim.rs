@@ -4,7 +4,8 @@
 //! The server applies each op at one instant between invoke and
 //! completion, on the harness clock. A client whose call times out reports
 //! `info` (the op applied or not) and retries with the same idempotency
-//! key.
+//! key. The server records every outcome but a lost lease under its
+//! idempotency key, a denial as much as a grant, and replays it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -72,7 +73,8 @@ struct Server {
     next_id: u64,
     /// lease → (key, expiry).
     leases: BTreeMap<u64, (String, u64)>,
-    /// Recorded successes by (f, idem), replayed to retries.
+    /// Recorded outcomes by (f, idem), denials included, replayed to
+    /// retries.
     dedup: HashMap<(&'static str, String), Answer>,
     tat_ns: u64,
     /// Throttle tokens under [`Bug::SplitTokens`].
@@ -121,12 +123,13 @@ impl Server {
                     _ => a.limit as usize,
                 };
                 if self.live(&a.key, t_ns).len() >= limit {
-                    return Answer::Denied;
+                    Answer::Denied
+                } else {
+                    self.next_id += 1;
+                    let expiry_ns = t_ns + self.ttl_ns(a.ttl_ms);
+                    self.leases.insert(self.next_id, (a.key.clone(), expiry_ns));
+                    Answer::Granted(self.next_id)
                 }
-                self.next_id += 1;
-                let expiry_ns = t_ns + self.ttl_ns(a.ttl_ms);
-                self.leases.insert(self.next_id, (a.key.clone(), expiry_ns));
-                Answer::Granted(self.next_id)
             }
             Op::Extend(e) => {
                 let ttl_ns = self.ttl_ns(e.ttl_ms);
@@ -148,15 +151,16 @@ impl Server {
                     t /= 2;
                 }
                 if self.tat_ns > t_ns + u64::from(th.burst) * t {
-                    return Answer::Throttled;
-                }
-                self.tat_ns = self.tat_ns.max(t_ns) + t;
-                if self.bug == Bug::SplitTokens {
-                    self.next_throttle_token += 1;
-                    Answer::Admitted(self.next_throttle_token)
+                    Answer::Throttled
                 } else {
-                    self.next_id += 1;
-                    Answer::Admitted(self.next_id)
+                    self.tat_ns = self.tat_ns.max(t_ns) + t;
+                    if self.bug == Bug::SplitTokens {
+                        self.next_throttle_token += 1;
+                        Answer::Admitted(self.next_throttle_token)
+                    } else {
+                        self.next_id += 1;
+                        Answer::Admitted(self.next_id)
+                    }
                 }
             }
             Op::Inspect(_) | Op::Fenced(_) | Op::Nemesis(_) => {
