@@ -38,7 +38,9 @@ fi
 cargo build --release --locked -p leasehold -p leasehold-jepsen --bins
 jepsen="$CARGO_TARGET_DIR/release/leasehold-jepsen"
 
-# name, then flags. Clock faults get a run of their own: it is judged with
+# name, then flags. Storage faults (a failed fsync, a full disk: the node
+# must exit 74, and is restarted on its data) get a run with kills.
+# Clock faults get a run of their own: it is judged with
 # the server's clock bound (2 x max_clock_offset_ms) added to every
 # checker's time bounds, which would blunt the others. Runs get one data
 # group per node, as `serve` does by default, except `linear`: six groups
@@ -50,6 +52,7 @@ runs=(
     "rate-limit --workload rate-limit --nemesis partition,kill,pause,loss --time-limit 30 --seed 5"
     "fenced --workload fenced --nemesis partition,kill,pause,loss --time-limit 30 --seed 6"
     "clock --workload leases --nemesis clock --time-limit 40 --seed 4"
+    "storage --workload leases --nemesis storage,kill --time-limit 40 --seed 14"
 )
 passed=0
 failed=0

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::json;
 
-use crate::history::{by_idem, Completed, Op, Outcome};
+use crate::history::{by_idem, Completed, Op};
 
 use super::{Findings, Verdict};
 
@@ -125,7 +125,7 @@ fn describe_held(held: &[u64]) -> String {
 }
 
 /// The model's operations of every key that never expires, by invoke.
-fn model_ops(ops: &[Completed]) -> BTreeMap<&str, Vec<LinOp<'_>>> {
+fn model_ops<'a>(ops: &'a [Completed]) -> BTreeMap<&'a str, Vec<LinOp<'a>>> {
     let mut no_expiry: BTreeMap<&str, bool> = BTreeMap::new();
     for c in ops {
         if let Op::Acquire(a) = &c.op {

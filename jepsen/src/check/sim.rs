@@ -26,6 +26,10 @@ const KEYS: [(&str, u32, u64); 3] = [
     ("h0", 2, NO_EXPIRY_TTL_MS_MIN),
 ];
 
+/// A key no client uses: the final phase takes it for good, so the
+/// durability inspects always have a lease to find.
+const KEPT_KEY: &str = "kept";
+
 /// The throttle: 20 per second, burst 2.
 const RATE: (u32, u64, u32) = (20, 1000, 2);
 
@@ -426,7 +430,12 @@ impl Sim {
             Op::Throttle(throttle("final-t".to_string())),
             Phase::Final,
         );
-        for (key, _, _) in KEYS {
+        // A lease certainly held through the crash, whatever the clients
+        // left holding.
+        let kept = acquire(KEPT_KEY, 1, NO_EXPIRY_TTL_MS_MIN, "final-kept".to_string());
+        t_ns += 10 * MS;
+        call(self, t_ns, Op::Acquire(kept), Phase::Final);
+        for key in KEYS.iter().map(|k| k.0).chain([KEPT_KEY]) {
             let inspect = Op::Inspect(Inspect {
                 key: key.to_string(),
                 slot: 0,

@@ -1,18 +1,22 @@
 //! The cluster under test: one `leasehold serve` per host, each host with
 //! its own address, on one of two backends — Docker containers on a
 //! private network (preferred), or network namespaces joined by a bridge
-//! where Docker is missing. Either way a node keeps its data directory and
-//! its clock file in a host directory, so a killed node restarts on the
-//! data it had.
+//! where Docker is missing. Either way a node keeps its data directory,
+//! its clock file and its storage fault file in a host directory, so a
+//! killed node restarts on the data it had.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::docker::Docker;
 use super::netns::Netns;
 use super::schedule::NodeId;
+
+/// How often [`Cluster::wait_exit`] looks.
+const EXIT_POLL: Duration = Duration::from_millis(100);
 
 /// Every node serves gRPC and HTTP on these ports of its own address.
 pub const GRPC_PORT: u16 = 7070;
@@ -61,6 +65,11 @@ impl Node {
     pub fn clock_file(&self) -> PathBuf {
         self.dir.join("clock")
     }
+
+    /// The storage fault file on the host.
+    pub fn storage_fault_file(&self) -> PathBuf {
+        self.dir.join("storage-faults")
+    }
 }
 
 enum Backend {
@@ -108,8 +117,10 @@ impl Cluster {
         for node in &nodes {
             std::fs::create_dir_all(node.dir.join("data"))
                 .with_context(|| format!("creating {}", node.dir.display()))?;
-            // A clock file left from an earlier run would skew this one.
+            // A clock or fault file left from an earlier run would skew
+            // or break this one.
             let _ = std::fs::remove_file(node.clock_file());
+            let _ = std::fs::remove_file(node.storage_fault_file());
         }
         let mut cluster = Cluster { nodes, backend };
         let members = cluster.members();
@@ -175,6 +186,27 @@ impl Cluster {
         }
     }
 
+    /// How the node's process ended, or `None` while it runs.
+    pub async fn exit_status(&mut self, id: NodeId) -> Result<Option<i32>> {
+        match &mut self.backend {
+            Backend::Docker(d) => d.exit_status(id).await,
+            Backend::Netns(n) => n.exit_status(id),
+        }
+    }
+
+    /// Waits up to `limit` for the node's process to end; its exit status,
+    /// or `None` if it still runs.
+    pub async fn wait_exit(&mut self, id: NodeId, limit: Duration) -> Result<Option<i32>> {
+        let until = Instant::now() + limit;
+        loop {
+            let status = self.exit_status(id).await?;
+            if status.is_some() || Instant::now() >= until {
+                return Ok(status);
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+
     /// SIGSTOP (the freezer cgroup under Docker).
     pub async fn pause(&mut self, id: NodeId) -> Result<()> {
         match &mut self.backend {
@@ -229,6 +261,10 @@ fn serve_args(node: &Node, members: &str, spec: &ClusterSpec, root: PathBuf) -> 
         format!("--groups={}", spec.groups),
         format!("--slots={}", spec.slots),
         format!("--unsafe-test-clock={}", root.join("clock").display()),
+        format!(
+            "--unsafe-test-storage-faults={}",
+            root.join("storage-faults").display()
+        ),
     ]
 }
 

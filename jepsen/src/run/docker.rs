@@ -98,6 +98,29 @@ impl Docker {
         Ok(())
     }
 
+    /// The container's exit code, or `None` while it runs.
+    pub async fn exit_status(&self, id: NodeId) -> Result<Option<i32>> {
+        let state = sh(
+            "docker",
+            &[
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.ExitCode}}",
+                &container(id),
+            ],
+        )
+        .await?;
+        match state.split_once(' ') {
+            Some(("true", _)) => Ok(None),
+            Some((_, code)) => {
+                Ok(Some(code.parse().with_context(|| {
+                    format!("exit code of {}: {state}", container(id))
+                })?))
+            }
+            None => anyhow::bail!("state of {}: {state}", container(id)),
+        }
+    }
+
     pub async fn pause(&mut self, id: NodeId) -> Result<()> {
         sh("docker", &["pause", &container(id)]).await?;
         Ok(())

@@ -267,13 +267,12 @@ async fn drive(
             ))
         })
         .collect();
-    nemesis::run(cluster, &clients, &recorder, steps, (start, deadline)).await;
+    let mut problems = nemesis::run(cluster, &clients, &recorder, steps, (start, deadline)).await;
     let mut unknown = Vec::new();
     for worker in workers {
         unknown.push(worker.await.context("a client worker panicked")?);
     }
 
-    let mut problems = Vec::new();
     nemesis::heal_network_and_clocks(cluster).await?;
     println!(
         "healed; waiting for the cluster, then {} ms for leases to end",
@@ -297,7 +296,8 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(options.workload.settle_ms())).await;
             println!("final phase");
             phases::final_phase(&ctx).await;
-            if options.nemesis.contains(&NemesisKind::Kill) {
+            let restarts = [NemesisKind::Kill, NemesisKind::Storage];
+            if restarts.iter().any(|k| options.nemesis.contains(k)) {
                 println!("durability phase: kill -9 every node, restart, inspect");
                 if let Err(error) = phases::durability_phase(cluster, &ctx).await {
                     problems.push(format!("durability phase: {error:#}"));

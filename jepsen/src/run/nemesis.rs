@@ -24,17 +24,31 @@ enum Active {
     Killed(Vec<NodeId>),
     Paused(Vec<NodeId>),
     Clocks(Vec<NodeId>),
+    /// Nodes given a storage fault: each must have stopped with
+    /// [`STORAGE_FAULT_EXIT`] by the heal, which clears the fault and
+    /// restarts it.
+    Storage(Vec<NodeId>),
 }
 
+/// The exit status of a node that met a storage fault (sysexits'
+/// `EX_IOERR`).
+const STORAGE_FAULT_EXIT: i32 = 74;
+/// How long past a storage fault's end its node may take to stop.
+const STORAGE_STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs every step at its time after `start`, healing each before the
-/// next begins and every one by `deadline`.
+/// next begins and every one by `deadline`. What failed to start or to
+/// heal, each a problem that fails the run: a fault that did not happen
+/// tested nothing, and a storage fault its node did not stop for is a
+/// broken promise.
 pub async fn run(
     cluster: &mut Cluster,
     clients: &Clients,
     recorder: &Recorder,
     steps: &[Step],
     (start, deadline): (Instant, Instant),
-) {
+) -> Vec<String> {
+    let mut failures = Vec::new();
     let mut healed = start;
     for step in steps {
         // A heal that ran late (restarting every node, say) still leaves
@@ -54,6 +68,7 @@ pub async fn run(
             Err(error) => {
                 let detail = format!("{} FAILED TO START: {error:#}", step.fault);
                 println!("nemesis: {detail}");
+                failures.push(format!("nemesis: {detail}"));
                 recorder.nemesis(name, "start", detail, Phase::Main);
                 None
             }
@@ -64,13 +79,15 @@ pub async fn run(
             Ok(detail) => detail,
             Err(error) => {
                 let detail = format!("healing FAILED: {error:#}");
-                println!("nemesis: {detail}");
+                println!("nemesis: {}: {detail}", step.fault);
+                failures.push(format!("nemesis: {}: {detail}", step.fault));
                 detail
             }
         };
         recorder.nemesis(name, "stop", detail, Phase::Main);
         healed = Instant::now();
     }
+    failures
 }
 
 /// Undoes every fault that leaves state behind: rules and clock files.
@@ -152,6 +169,17 @@ async fn begin(
             let detail = format!("{fault}{note}: {}", each.join(", "));
             Ok((Active::Clocks(nodes), detail))
         }
+        Fault::Storage { who, fault: kind } => {
+            let (nodes, note) = resolve(cluster, clients, who).await;
+            for &id in &nodes {
+                let file = cluster.node(id).storage_fault_file();
+                write_atomically(&file, kind.fault_file_text())?;
+            }
+            Ok((
+                Active::Storage(nodes.clone()),
+                format!("{fault}{note}: {}", set(&nodes)),
+            ))
+        }
     }
 }
 
@@ -187,7 +215,41 @@ async fn heal(cluster: &mut Cluster, active: Option<Active>) -> Result<String> {
             }
             Ok(format!("real time again on {}", set(&nodes)))
         }
+        Active::Storage(nodes) => heal_storage(cluster, &nodes).await,
     }
+}
+
+/// Checks that every node given a storage fault stopped with
+/// [`STORAGE_FAULT_EXIT`], clears its fault and restarts it on its data.
+/// A node that kept running, or stopped otherwise, fails the heal: storage
+/// is fail-stop.
+async fn heal_storage(cluster: &mut Cluster, nodes: &[NodeId]) -> Result<String> {
+    let mut stopped = Vec::new();
+    let mut broken = Vec::new();
+    for &id in nodes {
+        let status = cluster.wait_exit(id, STORAGE_STOP_WAIT).await?;
+        match std::fs::remove_file(cluster.node(id).storage_fault_file()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        match status {
+            Some(STORAGE_FAULT_EXIT) => stopped.push(id),
+            Some(code) => broken.push(format!("n{id} exited {code}, not {STORAGE_FAULT_EXIT}")),
+            None => broken.push(format!(
+                "n{id} still runs {STORAGE_STOP_WAIT:?} after the fault's end"
+            )),
+        }
+        if status.is_some() {
+            cluster.restart(id).await?;
+        }
+    }
+    if !broken.is_empty() {
+        anyhow::bail!("storage is not fail-stop: {}", broken.join("; "));
+    }
+    Ok(format!(
+        "{} exited {STORAGE_FAULT_EXIT}; fault cleared, restarted",
+        set(&stopped)
+    ))
 }
 
 /// The nodes `who` names now, and a note on how a role was resolved.

@@ -109,6 +109,19 @@ impl Netns {
         Ok(())
     }
 
+    /// The node's exit status (128 + the signal if one ended it), or
+    /// `None` while it runs.
+    pub fn exit_status(&mut self, id: NodeId) -> Result<Option<i32>> {
+        use std::os::unix::process::ExitStatusExt;
+        let child = self
+            .children
+            .get_mut(&id)
+            .with_context(|| format!("n{id} was never started"))?;
+        Ok(child
+            .try_wait()?
+            .map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))))
+    }
+
     pub fn signal(&mut self, id: NodeId, signal: libc::c_int) -> Result<()> {
         let pid = self
             .children

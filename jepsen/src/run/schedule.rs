@@ -34,6 +34,10 @@ pub enum NemesisKind {
     Clock,
     /// Random packet loss.
     Loss,
+    /// Storage faults through the nodes' test fault files: a failed fsync,
+    /// a full disk. The node must stop (exit 74); it is restarted on its
+    /// data once the fault is cleared.
+    Storage,
 }
 
 impl NemesisKind {
@@ -44,6 +48,7 @@ impl NemesisKind {
             NemesisKind::Pause => "pause",
             NemesisKind::Clock => "clock",
             NemesisKind::Loss => "loss",
+            NemesisKind::Storage => "storage",
         }
     }
 }
@@ -77,6 +82,27 @@ pub enum Cut {
     OneWay { from: Who, to: Vec<NodeId> },
 }
 
+/// What a storage fault makes fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The next WAL sync fails with EIO, once, as a real fsync error is
+    /// reported once.
+    FsyncError,
+    /// Every write fails with ENOSPC while the fault lasts.
+    DiskFull,
+}
+
+impl StorageFault {
+    /// The fault file's text for this fault (see the server's
+    /// `--unsafe-test-storage-faults`).
+    pub fn fault_file_text(self) -> &'static str {
+        match self {
+            StorageFault::FsyncError => "fsync=eio once\n",
+            StorageFault::DiskFull => "write=enospc\n",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClockFault {
     /// Steps the clocks of `who` by `offset_ms`.
@@ -94,6 +120,7 @@ pub enum Fault {
     Kill(Who),
     Pause(Who),
     Clock(ClockFault),
+    Storage { who: Who, fault: StorageFault },
 }
 
 impl Fault {
@@ -104,6 +131,7 @@ impl Fault {
             Fault::Kill(_) => NemesisKind::Kill,
             Fault::Pause(_) => NemesisKind::Pause,
             Fault::Clock(_) => NemesisKind::Clock,
+            Fault::Storage { .. } => NemesisKind::Storage,
         }
     }
 }
@@ -168,6 +196,18 @@ fn draw(kind: NemesisKind, rng: &mut Rng, ids: &[NodeId]) -> Fault {
             _ => Who::All,
         }),
         NemesisKind::Clock => Fault::Clock(draw_clock(rng, ids)),
+        NemesisKind::Storage => Fault::Storage {
+            who: if rng.chance(50) {
+                Who::Leader
+            } else {
+                Who::Node(*rng.pick(ids))
+            },
+            fault: if rng.chance(50) {
+                StorageFault::FsyncError
+            } else {
+                StorageFault::DiskFull
+            },
+        },
     }
 }
 
@@ -301,6 +341,10 @@ impl fmt::Display for Fault {
                     .collect();
                 write!(f, "clock: scramble ({} ms)", each.join(", "))
             }
+            Fault::Storage { who, fault } => match fault {
+                StorageFault::FsyncError => write!(f, "storage: fsync fails (EIO) on {who}"),
+                StorageFault::DiskFull => write!(f, "storage: disk full (ENOSPC) on {who}"),
+            },
         }
     }
 }
@@ -321,12 +365,13 @@ impl fmt::Display for Step {
 mod tests {
     use super::*;
 
-    const ALL: [NemesisKind; 5] = [
+    const ALL: [NemesisKind; 6] = [
         NemesisKind::Partition,
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Clock,
         NemesisKind::Loss,
+        NemesisKind::Storage,
     ];
 
     #[test]
