@@ -17,8 +17,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PEER_PROTO}");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let protoc = protoc()?;
+    // Messages and servers. Servers decode with our codec: a request that
+    // does not decode is the caller's fault (INVALID_ARGUMENT), where
+    // prost's codec calls it INTERNAL.
     let mut config = tonic_prost_build::Config::new();
-    config.protoc_executable(protoc()?);
+    config.protoc_executable(&protoc);
     // Error details travel as `google.protobuf.Any`, whose type URL is
     // `type.googleapis.com/<full name>` by convention.
     config
@@ -26,8 +30,22 @@ fn main() -> Result<(), Box<dyn Error>> {
         .type_name_domain(["."], "type.googleapis.com");
     tonic_prost_build::configure()
         .build_server(true)
-        .build_client(true)
+        .build_client(false)
+        .codec_path("crate::server::codec::ServerCodec")
         .file_descriptor_set_path(out_dir.join("leasehold_descriptor.bin"))
+        .compile_with_config(config, &[PROTO, PEER_PROTO], &["proto"])?;
+    // Clients, over the messages above, with prost's codec: an answer that
+    // does not decode is no fault of the caller's.
+    let clients = out_dir.join("clients");
+    std::fs::create_dir_all(&clients)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(&protoc);
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .extern_path(".leasehold.v1", "crate::proto::v1")
+        .extern_path(".leasehold.internal.v1", "crate::proto::peer")
+        .out_dir(&clients)
         .compile_with_config(config, &[PROTO, PEER_PROTO], &["proto"])?;
     Ok(())
 }

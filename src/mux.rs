@@ -198,8 +198,9 @@ pub type Replies<R> = UnboundedReceiverStream<Result<R, Status>>;
 /// each as it finishes: one slow call holds up no other. The calls run in
 /// the stream's one task rather than a task each: a call is a future too
 /// large to move into a task of its own cheaply, and most finish in a few
-/// polls. Stops reading when `closing` turns true; the replies end once
-/// the calls already read are answered.
+/// polls. Stops reading when `closing` turns true, or at a message that
+/// cannot be read; the replies end once the calls already read are
+/// answered, in the second case with the status saying why.
 pub fn serve<C, R, F, Fut>(
     mut calls: Streaming<C>,
     mut closing: watch::Receiver<bool>,
@@ -217,11 +218,16 @@ where
     tokio::spawn(async move {
         let mut running = FuturesUnordered::new();
         let mut reading = true;
+        let mut refused = None;
         while reading || !running.is_empty() {
             tokio::select! {
                 call = calls.message(), if reading && running.len() < in_flight => match call {
                     Ok(Some(call)) => running.push(serve_one(call)),
-                    _ => reading = false,
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        reading = false;
+                        refused = Some(crate::server::codec::inbound(status));
+                    }
                 },
                 Some(reply) = running.next(), if !running.is_empty() => {
                     // The caller may have gone; nothing then waits for it.
@@ -229,6 +235,12 @@ where
                 }
                 _ = closing.wait_for(|closing| *closing), if reading => reading = false,
             }
+        }
+        // A message that could not be read (malformed, too large) ends the
+        // stream with what was wrong with it, once the calls before it
+        // are answered.
+        if let Some(status) = refused {
+            let _ = tx.send(Err(status));
         }
     });
     UnboundedReceiverStream::new(rx)

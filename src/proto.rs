@@ -10,6 +10,7 @@ pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]
 
     tonic::include_proto!("leasehold.v1");
+    include!(concat!(env!("OUT_DIR"), "/clients/leasehold.v1.rs"));
 }
 
 /// Package `leasehold.internal.v1`: the node-to-node API (Raft transport,
@@ -19,6 +20,10 @@ pub mod peer {
     #![allow(clippy::all, clippy::pedantic)]
 
     tonic::include_proto!("leasehold.internal.v1");
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/clients/leasehold.internal.v1.rs"
+    ));
 }
 
 /// The encoded `FileDescriptorSet` of `leasehold.v1` and `leasehold.internal.v1`, for gRPC server

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod clock;
 pub mod clock_sync;
+pub mod codec;
 pub mod group;
 pub mod http;
 pub mod network;
@@ -137,6 +138,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let (close_streams, closing) = tokio::sync::watch::channel(false);
     let server = Server::builder()
         .tcp_nodelay(true)
+        .layer(codec::OversizedLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
