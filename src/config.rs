@@ -41,6 +41,7 @@ pub const DEDUP_WINDOW_MS_RANGE: RangeInclusive<u64> = 1..=DEDUP_WINDOW_MS_MAX;
 pub const MAX_CLOCK_OFFSET_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
 pub const MAX_BATCH_COMMANDS_RANGE: RangeInclusive<u32> = 1..=65_536;
 pub const SHUTDOWN_GRACE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
+pub const MAX_IN_FLIGHT_CALLS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
 /// An election timeout shorter than this many heartbeats lets one delayed
 /// heartbeat start an election.
@@ -94,6 +95,10 @@ pub struct Config {
     /// leading (see [`crate::server::clock`]): a lease may end up to twice
     /// this much early on a correct clock.
     pub max_clock_offset_ms: u64,
+    /// Client calls one node serves at once (forwarded ones included,
+    /// parked waiting acquires not); one more is refused at once with
+    /// RESOURCE_EXHAUSTED (`OVERLOADED`) instead of queueing.
+    pub max_in_flight_calls: u32,
     /// For chaos tests only: a file that skews this node's clock (see
     /// [`crate::server::clock`]). Never set in production.
     pub unsafe_test_clock: Option<PathBuf>,
@@ -128,6 +133,7 @@ impl Default for Config {
             max_batch_commands: 512,
             shutdown_grace_ms: 10_000,
             max_clock_offset_ms: 250,
+            max_in_flight_calls: 16_384,
             unsafe_test_clock: None,
             unsafe_test_storage_faults: None,
         }
@@ -310,6 +316,11 @@ impl Config {
             "max_clock_offset_ms",
             self.max_clock_offset_ms,
             MAX_CLOCK_OFFSET_MS_RANGE,
+        )?;
+        check(
+            "max_in_flight_calls",
+            self.max_in_flight_calls,
+            MAX_IN_FLIGHT_CALLS_RANGE,
         )
     }
 
@@ -360,6 +371,7 @@ impl Config {
             max_batch_commands: pick!(max_batch_commands),
             shutdown_grace_ms: pick!(shutdown_grace_ms),
             max_clock_offset_ms: pick!(max_clock_offset_ms),
+            max_in_flight_calls: pick!(max_in_flight_calls),
             unsafe_test_clock: args.unsafe_test_clock.or(file.unsafe_test_clock),
             unsafe_test_storage_faults: args
                 .unsafe_test_storage_faults
@@ -426,6 +438,9 @@ pub struct ServeArgs {
     /// How far this node's clock may be from the others' before it stops leading; leases may end up to 2x this early, 1..=60000 [default: 250]
     #[arg(long, env = "LEASEHOLD_MAX_CLOCK_OFFSET_MS", value_name = "MS")]
     pub max_clock_offset_ms: Option<u64>,
+    /// Client calls served at once; one more is refused at once (RESOURCE_EXHAUSTED, OVERLOADED), 1..=1000000 [default: 16384]
+    #[arg(long, env = "LEASEHOLD_MAX_IN_FLIGHT_CALLS", value_name = "N")]
+    pub max_in_flight_calls: Option<u32>,
     /// FOR CHAOS TESTING ONLY: follow a clock file (offset_ms=N rate=R) that skews this node's clock
     #[arg(long, env = "LEASEHOLD_UNSAFE_TEST_CLOCK", value_name = "PATH")]
     pub unsafe_test_clock: Option<PathBuf>,
@@ -458,6 +473,7 @@ struct FileConfig {
     max_batch_commands: Option<u32>,
     shutdown_grace_ms: Option<u64>,
     max_clock_offset_ms: Option<u64>,
+    max_in_flight_calls: Option<u32>,
     unsafe_test_clock: Option<PathBuf>,
     unsafe_test_storage_faults: Option<PathBuf>,
 }
@@ -604,7 +620,7 @@ mod tests {
     #[test]
     fn each_bound_is_rejected_naming_its_field() {
         type Set = fn(&mut Config, u64);
-        let cases: [(&str, u64, u64, Set); 10] = [
+        let cases: [(&str, u64, u64, Set); 11] = [
             ("slots", 0, 65_537, |c, v| c.slots = v as u32),
             ("groups", 1025, 1025, |c, v| c.groups = v as u32),
             ("replication_factor", 0, 8, |c, v| {
@@ -632,6 +648,9 @@ mod tests {
             }),
             ("max_clock_offset_ms", 0, 60_001, |c, v| {
                 c.max_clock_offset_ms = v
+            }),
+            ("max_in_flight_calls", 0, 1_000_001, |c, v| {
+                c.max_in_flight_calls = v as u32
             }),
         ];
         for (field, low, high, set) in cases {

@@ -3,6 +3,8 @@
 //! another node should serve a call, and the `ErrorDetail` every Leasehold
 //! error carries in its status details (the proto's ERRORS section).
 
+use std::time::Duration;
+
 use prost::{Message, Name};
 use tonic::{Code, Status};
 
@@ -67,6 +69,7 @@ pub fn not_leader(group: u32, leader: Option<(u64, String)>, epoch: u64) -> Stat
         leader_node_id,
         leader_address,
         epoch,
+        ..Default::default()
     };
     error_status(Code::Unavailable, message, &detail)
 }
@@ -111,6 +114,28 @@ struct ProtoAny {
     type_url: String,
     #[prost(bytes = "vec", tag = "2")]
     value: Vec<u8>,
+}
+
+/// `ErrorDetail.code` of a call refused because the node or the group was
+/// full: RESOURCE_EXHAUSTED, nothing applied, retry after the detail's
+/// `retry_after_ms`.
+pub const OVERLOADED: &str = "OVERLOADED";
+
+/// A call refused by a full node or group (see [`OVERLOADED`]).
+pub fn overloaded(message: impl Into<String>, retry_after: Duration) -> Status {
+    let detail = v1::ErrorDetail {
+        code: OVERLOADED.into(),
+        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+        ..v1::ErrorDetail::default()
+    };
+    error_status(Code::ResourceExhausted, message, &detail)
+}
+
+/// How long an [`OVERLOADED`] refusal asks its caller to wait; `None` for
+/// any other status.
+pub fn overload_retry_after(status: &Status) -> Option<Duration> {
+    let detail = error_detail(status).filter(|d| d.code == OVERLOADED)?;
+    Some(Duration::from_millis(detail.retry_after_ms))
 }
 
 /// A status with `detail` in its details, wrapped as the proto's ERRORS

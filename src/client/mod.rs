@@ -491,7 +491,8 @@ impl Client {
                         ));
                     }
                     attempt += 1;
-                    let pause = backoff(attempt, jitter).min(deadline - now);
+                    let hint = crate::wire::overload_retry_after(&status).unwrap_or_default();
+                    let pause = backoff(attempt, jitter).max(hint).min(deadline - now);
                     tokio::time::sleep(pause).await;
                 }
             }

@@ -15,7 +15,7 @@ use crate::mux::{Mux, MuxError, Tagged};
 use crate::proto::v1::leasehold_client::LeaseholdClient;
 use crate::proto::v1::{self, session_call, session_reply, GetSlotMapRequest, ServedBy};
 use crate::slot::{owner, slot_of, SlotRange};
-use crate::wire::{error_detail, Redirect};
+use crate::wire::{self, error_detail, Redirect};
 
 impl Tagged for v1::SessionReply {
     fn call_id(&self) -> u64 {
@@ -421,6 +421,9 @@ impl Router {
                 let _ = self.refresh().await;
                 Failure::Retry(status)
             }
+            // The node or group was full and applied nothing: retry after
+            // its hint (the caller's loop waits at least that long).
+            None if wire::overload_retry_after(&status).is_some() => Failure::Retry(status),
             // The call's own answer (a lease lost, an invalid argument).
             None if error_detail(&status).is_some() => Failure::Final(status),
             None => match status.code() {

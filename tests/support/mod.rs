@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub election_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub snapshot_interval_entries: Option<u64>,
+    /// Client calls a node serves at once (`--max-in-flight-calls`).
+    pub max_in_flight_calls: Option<u64>,
     /// Each node follows its own storage fault file and records its WAL
     /// syncs (`--unsafe-test-storage-faults`); see
     /// [`Cluster::set_storage_faults`].
@@ -91,6 +93,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: None,
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
+            max_in_flight_calls: None,
             storage_faults: false,
             test_clocks: false,
         }
@@ -240,6 +243,7 @@ impl Cluster {
                 "--snapshot-interval-entries",
                 self.config.snapshot_interval_entries,
             ),
+            ("--max-in-flight-calls", self.config.max_in_flight_calls),
         ];
         for (flag, value) in optional {
             if let Some(value) = value {

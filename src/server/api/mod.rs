@@ -11,6 +11,7 @@ mod session;
 mod waiting;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
@@ -25,9 +26,15 @@ use crate::proto::v1;
 use crate::proto::v1::leasehold_server::Leasehold;
 use route::Exec;
 
+/// What an OVERLOADED refusal asks its caller to wait before retrying.
+const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(50);
+
 #[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
+    /// Slots for client calls served at once on this node
+    /// (`max_in_flight_calls`).
+    calls: Arc<Semaphore>,
     /// Turns true when the server stops: open sessions end, so the
     /// graceful shutdown does not wait on them.
     closing: watch::Receiver<bool>,
@@ -41,8 +48,10 @@ pub struct Api {
 
 impl Api {
     pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>) -> Api {
+        let calls = node.config.max_in_flight_calls as usize;
         Api {
             node,
+            calls: Arc::new(Semaphore::new(calls)),
             closing,
             waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
             waiter_bytes: Arc::new(Semaphore::new(WAITER_BYTES_MAX)),

@@ -219,6 +219,18 @@ impl Api {
                 "this node is not serving yet (or is stopping)",
             ));
         }
+        // Shed at once rather than queue: a caller told to come back later
+        // can go elsewhere or slow down; one left waiting only adds load.
+        let Ok(in_flight) = Arc::clone(&self.calls).try_acquire_owned() else {
+            metrics::counter!("leasehold_overloaded_total", "reason" => "calls").increment(1);
+            return Err(wire::overloaded(
+                format!(
+                    "node {} is serving as many calls as it takes ({}): retry later",
+                    self.node.id, self.node.config.max_in_flight_calls
+                ),
+                super::OVERLOAD_RETRY_AFTER,
+            ));
+        };
         let hops = hops(request.metadata());
         if let Some(epoch) = client_epoch(request.metadata())? {
             if epoch > map.epoch {
@@ -254,6 +266,8 @@ impl Api {
                             deadline,
                         );
                         if let Some(parked) = parked {
+                            // Parked acquires have bounds of their own.
+                            drop(in_flight);
                             return parked.await;
                         }
                     }
@@ -382,6 +396,9 @@ async fn execute<C: Call>(
             Err(ProposeError::NotLeader(_)) => return Ok(None),
             Err(ProposeError::Stopped(why) | ProposeError::Unsynchronized(why)) => {
                 return Err(Status::unavailable(why))
+            }
+            Err(ProposeError::Overloaded(why)) => {
+                return Err(wire::overloaded(why, super::OVERLOAD_RETRY_AFTER))
             }
         },
         Exec::Read(read) => match deadline.bound(group.raft.ensure_linearizable()).await? {

@@ -278,6 +278,9 @@ impl Api {
             Err(ProposeError::Stopped(why) | ProposeError::Unsynchronized(why)) => {
                 Err(Status::unavailable(why))
             }
+            Err(ProposeError::Overloaded(why)) => {
+                Err(wire::overloaded(why, super::OVERLOAD_RETRY_AFTER))
+            }
         }
     }
 }
