@@ -1205,7 +1205,7 @@ async fn acquire_in_each(
     leases
 }
 
-/// Polls Peer.Digest until every node holds exactly `expected` lease
+/// Polls GetNodeDigest until every node holds exactly `expected` lease
 /// records over all data groups.
 async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -1213,9 +1213,9 @@ async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration)
         let mut counts = BTreeMap::new();
         for id in cluster.ids() {
             let digests = cluster.digests(id).await;
-            let digests =
-                digests.unwrap_or_else(|s| panic!("expected Digest on node {id} to answer: {s}"));
-            let data = digests.values().filter(|d| d.group != META_GROUP);
+            let digests = digests
+                .unwrap_or_else(|s| panic!("expected GetNodeDigest on node {id} to answer: {s}"));
+            let data = digests.values().filter(|d| d.group_id != META_GROUP);
             counts.insert(id, data.map(|d| d.leases).sum::<u64>());
         }
         if counts.values().all(|&n| n == expected) {
