@@ -1,6 +1,8 @@
 //! Generates the gRPC servers, clients and messages of the public
 //! `leasehold.v1` contract and of the node-to-node `leasehold.internal.v1`
-//! API, plus the file descriptor set that server reflection serves.
+//! API, plus the public contract's file descriptor set, which server
+//! reflection serves on the client port. The node-to-node API is compiled
+//! apart, so that set does not describe it.
 
 use std::env;
 use std::error::Error;
@@ -17,8 +19,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PEER_PROTO}");
     println!("cargo:rerun-if-env-changed=PROTOC");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let protoc = protoc()?;
     let mut config = tonic_prost_build::Config::new();
-    config.protoc_executable(protoc()?);
+    config.protoc_executable(&protoc);
     // Error details travel as `google.protobuf.Any`, whose type URL is
     // `type.googleapis.com/<full name>` by convention.
     config
@@ -28,7 +31,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .file_descriptor_set_path(out_dir.join("leasehold_descriptor.bin"))
-        .compile_with_config(config, &[PROTO, PEER_PROTO], &["proto"])?;
+        .compile_with_config(config, &[PROTO], &["proto"])?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(&protoc);
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_with_config(config, &[PEER_PROTO], &["proto"])?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The node-to-node service: Raft RPCs for any hosted group, election
-//! triggers for leadership handover, map proposals, clock readings.
+//! The node-to-node service, on the peer port: Raft RPCs for any hosted
+//! group, election triggers for leadership handover, map proposals, clock
+//! readings.
 
 use std::sync::Arc;
 
