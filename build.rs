@@ -1,6 +1,8 @@
 //! Generates the gRPC servers, clients and messages of the public
 //! `leasehold.v1` contract and of the node-to-node `leasehold.internal.v1`
-//! API, plus the file descriptor set that server reflection serves.
+//! API, plus the public contract's file descriptor set, which server
+//! reflection serves on the client port. The node-to-node API is compiled
+//! apart, so that set does not describe it.
 
 use std::env;
 use std::error::Error;
@@ -18,9 +20,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-env-changed=PROTOC");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let protoc = protoc()?;
-    // Messages and servers. Servers decode with our codec: a request that
-    // does not decode is the caller's fault (INVALID_ARGUMENT), where
-    // prost's codec calls it INTERNAL.
+    // Messages and servers, the public contract's with the file
+    // descriptor set that reflection serves on the client port; the
+    // node-to-node API apart, so that set does not describe it. Servers
+    // decode with our codec: a request that does not decode is the
+    // caller's fault (INVALID_ARGUMENT), where prost's codec calls it
+    // INTERNAL.
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(&protoc);
     // Error details travel as `google.protobuf.Any`, whose type URL is
@@ -33,7 +38,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(false)
         .codec_path("crate::server::codec::ServerCodec")
         .file_descriptor_set_path(out_dir.join("leasehold_descriptor.bin"))
-        .compile_with_config(config, &[PROTO, PEER_PROTO], &["proto"])?;
+        .compile_with_config(config, &[PROTO], &["proto"])?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(&protoc);
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .codec_path("crate::server::codec::ServerCodec")
+        .compile_with_config(config, &[PEER_PROTO], &["proto"])?;
     // Clients, over the messages above, with prost's codec: an answer that
     // does not decode is no fault of the caller's.
     let clients = out_dir.join("clients");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Leasehold and starts a local three-node cluster of separate
-# processes: gRPC on 127.0.0.1:7070-7072, metrics and readiness on
-# 127.0.0.1:7080-7082, data under ./leasehold-cluster. Ctrl-C stops it
+# processes: the client gRPC API on 127.0.0.1:7070-7072, metrics and
+# readiness on 127.0.0.1:7080-7082, the node-to-node gRPC API on
+# 127.0.0.1:7090-7092, data under ./leasehold-cluster. Ctrl-C stops it
 # gracefully. Extra arguments go to `leasehold cluster` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,23 +3,37 @@
 //! Sources, highest precedence first: command-line flags, `LEASEHOLD_*`
 //! environment variables (clap reads both, see [`ServeArgs`]), a TOML file
 //! named by `--config`, then defaults. The file's keys are the field names of
-//! [`Config`]; an unknown key is an error. Members are a list of
-//! `"<node id>=<host>:<port>"` strings, in the file as in the flag:
+//! [`Config`]; an unknown key is an error.
+//!
+//! A node listens on two gRPC ports. The client port (`grpc_addr`) serves
+//! the public API, health and reflection; the peer port (`peer_addr`)
+//! serves the node-to-node API (Raft, elections, slot map proposals, clock
+//! readings) and nothing else. `peer_addr` defaults to `grpc_addr`'s IP at
+//! the next port up: `0.0.0.0:7070` listens for peers on `0.0.0.0:7071`.
+//!
+//! Members are a list of `"<node id>=<host>:<port>"` strings, in the file as
+//! in the flag: the client address, which clients are told and requests are
+//! forwarded to. A member's peer address, which the other members dial, is
+//! the same host at the next port up, by the same rule as `peer_addr`, or
+//! is given after a slash: `"<node id>=<host>:<port>/<host>:<port>"`.
 //!
 //! ```toml
 //! node_id = 2
 //! grpc_addr = "0.0.0.0:7070"
+//! peer_addr = "0.0.0.0:7071"
 //! http_addr = "0.0.0.0:7080"
 //! data_dir = "/var/lib/leasehold"
-//! members = ["1=10.0.0.1:7070", "2=10.0.0.2:7070", "3=10.0.0.3:7070"]
+//! members = ["1=10.0.0.1:7070", "2=10.0.0.2:7070", "3=10.0.0.3:7070/10.1.0.3:9000"]
 //! slots = 1024
 //! groups = 3
 //! ```
 //!
-//! When `advertise_addr` is not given it is this node's address in
-//! `members`, or else `grpc_addr`; when `members` is not given the cluster
-//! is this node alone, at `advertise_addr`.
+//! When `advertise_addr` (the client address) is not given it is this
+//! node's client address in `members`, or else `grpc_addr`; when `members`
+//! is not given the cluster is this node alone, at `advertise_addr` for
+//! clients and at `advertise_addr`'s host and `peer_addr`'s port for peers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -51,8 +65,17 @@ const HEARTBEATS_PER_ELECTION_TIMEOUT_MIN: u64 = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub node_id: NodeId,
-    /// `host:port` that peers and clients dial.
+    /// `host:port` of its client port: what clients dial, are told in slot
+    /// maps and leader hints, and what other nodes forward calls to.
     pub addr: String,
+    /// `host:port` of its peer port, which only the other members dial.
+    pub peer_addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}/{}", self.node_id, self.addr, self.peer_addr)
+    }
 }
 
 /// Everything a node needs to start. Build it with [`Config::resolve`] or
@@ -61,9 +84,11 @@ pub struct Member {
 pub struct Config {
     /// This node's id, >= 1.
     pub node_id: NodeId,
-    /// Where the gRPC server (clients and peers) listens.
+    /// Where the client gRPC port (public API, health, reflection) listens.
     pub grpc_addr: SocketAddr,
-    /// `host:port` that peers and clients dial to reach this node.
+    /// Where the peer gRPC port (the node-to-node API only) listens.
+    pub peer_addr: SocketAddr,
+    /// `host:port` that clients dial to reach this node.
     pub advertise_addr: String,
     /// Where Prometheus `/metrics` and `/ready` are served.
     pub http_addr: SocketAddr,
@@ -112,16 +137,19 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let grpc_addr = SocketAddr::from(([127, 0, 0, 1], 7070));
+        let peer_addr = SocketAddr::from(([127, 0, 0, 1], 7071));
         let node_id = 1;
         Config {
             node_id,
             grpc_addr,
+            peer_addr,
             advertise_addr: grpc_addr.to_string(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
             data_dir: PathBuf::from("./leasehold-data"),
             members: vec![Member {
                 node_id,
                 addr: grpc_addr.to_string(),
+                peer_addr: peer_addr.to_string(),
             }],
             slots: crate::slot::SLOT_COUNT_DEFAULT,
             groups: 0,
@@ -208,8 +236,30 @@ impl Config {
         }
         check_host_port(&self.advertise_addr)
             .map_err(|reason| ConfigError::invalid("advertise_addr", reason))?;
+        self.validate_listeners()?;
         self.validate_members()?;
         self.validate_numbers()
+    }
+
+    /// The peer port serves peers alone.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let clash = if self.peer_addr == self.grpc_addr {
+            Some("grpc_addr")
+        } else if self.peer_addr == self.http_addr {
+            Some("http_addr")
+        } else {
+            None
+        };
+        match clash {
+            Some(other) => Err(ConfigError::invalid(
+                "peer_addr",
+                format!(
+                    "`{}` is also {other}: the peer port must be a port of its own",
+                    self.peer_addr
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn validate_members(&self) -> Result<(), ConfigError> {
@@ -221,10 +271,11 @@ impl Config {
         }
         for member in &self.members {
             check_member(member).map_err(|reason| ConfigError::Member {
-                item: format!("{}={}", member.node_id, member.addr),
-                reason: reason.to_owned(),
+                item: member.to_string(),
+                reason,
             })?;
         }
+        check_distinct_addrs(&self.members)?;
         for pair in self.members.windows(2) {
             if pair[0].node_id == pair[1].node_id {
                 return Err(duplicate_member(pair[0].node_id));
@@ -243,8 +294,8 @@ impl Config {
             return Err(ConfigError::invalid(
                 "advertise_addr",
                 format!(
-                    "`{}` differs from this node's address in members, `{}`; \
-                     peers would dial one and clients be redirected to the other",
+                    "`{}` differs from this node's client address in members, `{}`; \
+                     clients would be sent to the other",
                     self.advertise_addr, this.addr
                 ),
             ));
@@ -335,6 +386,18 @@ impl Config {
         }
         let node_id = pick!(node_id);
         let grpc_addr = pick!(grpc_addr);
+        let peer_addr = match args.peer_addr.or(file.peer_addr) {
+            Some(addr) => addr,
+            None => next_port(grpc_addr).ok_or_else(|| {
+                ConfigError::invalid(
+                    "peer_addr",
+                    format!(
+                        "not given, and the default, grpc_addr's port + 1, is past \
+                         65535 (grpc_addr is `{grpc_addr}`); give it"
+                    ),
+                )
+            })?,
+        };
         let members = match (args.members, file.members) {
             (Some(list), _) => Some(parse_members(&list)?),
             (None, Some(items)) => Some(parse_member_items(items.iter().map(String::as_str))?),
@@ -348,15 +411,14 @@ impl Config {
                 Some(this.addr.clone())
             })
             .unwrap_or_else(|| grpc_addr.to_string());
-        let members = members.unwrap_or_else(|| {
-            vec![Member {
-                node_id,
-                addr: advertise_addr.clone(),
-            }]
-        });
+        let members = match members {
+            Some(members) => members,
+            None => vec![lone_member(node_id, &advertise_addr, peer_addr)],
+        };
         let config = Config {
             node_id,
             grpc_addr,
+            peer_addr,
             advertise_addr,
             http_addr: pick!(http_addr),
             data_dir: pick!(data_dir),
@@ -393,10 +455,13 @@ pub struct ServeArgs {
     /// This node's id, >= 1 [default: 1]
     #[arg(long, env = "LEASEHOLD_NODE_ID", value_name = "ID")]
     pub node_id: Option<NodeId>,
-    /// gRPC listen address, for clients and peers [default: 127.0.0.1:7070]
+    /// Client gRPC listen address: public API, health, reflection [default: 127.0.0.1:7070]
     #[arg(long, env = "LEASEHOLD_GRPC_ADDR", value_name = "ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// host:port peers and clients dial [default: this node's address in --members, else --grpc-addr]
+    /// Peer gRPC listen address: the node-to-node API only; reachable by members alone [default: --grpc-addr's IP, port + 1]
+    #[arg(long, env = "LEASEHOLD_PEER_ADDR", value_name = "ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// host:port clients dial [default: this node's client address in --members, else --grpc-addr]
     #[arg(long, env = "LEASEHOLD_ADVERTISE_ADDR", value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
     /// HTTP listen address for /metrics and /ready [default: 127.0.0.1:7080]
@@ -405,8 +470,12 @@ pub struct ServeArgs {
     /// Directory for this node's data [default: ./leasehold-data]
     #[arg(long, env = "LEASEHOLD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Initial cluster, e.g. 1=10.0.0.1:7070,2=10.0.0.2:7070 [default: this node alone]
-    #[arg(long, env = "LEASEHOLD_MEMBERS", value_name = "ID=HOST:PORT,...")]
+    /// Initial cluster, e.g. 1=10.0.0.1:7070,2=10.0.0.2:7070: client addresses, each member's peer address at port + 1, or given as ID=HOST:PORT/PEER_HOST:PORT [default: this node alone]
+    #[arg(
+        long,
+        env = "LEASEHOLD_MEMBERS",
+        value_name = "ID=HOST:PORT[/HOST:PORT],..."
+    )]
     pub members: Option<String>,
     /// Hash slots, 1..=65536, fixed when the cluster is created [default: 1024]
     #[arg(long, env = "LEASEHOLD_SLOTS", value_name = "N")]
@@ -459,6 +528,7 @@ pub struct ServeArgs {
 struct FileConfig {
     node_id: Option<NodeId>,
     grpc_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
     advertise_addr: Option<String>,
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
@@ -491,8 +561,10 @@ impl FileConfig {
     }
 }
 
-/// Parses `"1=host:port,2=host:port"` into members sorted by node id.
-/// Whitespace around items is ignored, and so are empty items.
+/// Parses `"1=host:port,2=host:port/host:port"` into members sorted by
+/// node id: client addresses, and peer addresses where given after a slash
+/// (else the client host at the next port up). Whitespace around items is
+/// ignored, and so are empty items.
 pub fn parse_members(s: &str) -> Result<Vec<Member>, ConfigError> {
     parse_member_items(s.split(','))
 }
@@ -519,30 +591,95 @@ fn parse_member_items<'a>(
 }
 
 fn parse_member(item: &str) -> Result<Member, ConfigError> {
-    let bad = |reason: &str| ConfigError::Member {
+    let bad = |reason: String| ConfigError::Member {
         item: item.to_owned(),
-        reason: reason.to_owned(),
+        reason,
     };
-    let (id, addr) = item
+    let (id, addrs) = item
         .split_once('=')
-        .ok_or_else(|| bad("expected <node id>=<host>:<port>"))?;
+        .ok_or_else(|| bad("expected <node id>=<host>:<port>[/<host>:<port>]".into()))?;
     let node_id = id
         .trim()
         .parse()
-        .map_err(|_| bad("node id must be an integer >= 1"))?;
+        .map_err(|_| bad("node id must be an integer >= 1".into()))?;
+    let (addr, peer_addr) = match addrs.split_once('/') {
+        Some((addr, peer_addr)) => (addr.trim(), peer_addr.trim().to_owned()),
+        None => {
+            let addr = addrs.trim();
+            check_host_port(addr).map_err(|reason| bad(reason.into()))?;
+            let peer_addr = next_port_of(addr).ok_or_else(|| {
+                bad(
+                    "the peer address, the client port + 1 unless given, is past 65535; \
+                     give it as <node id>=<host>:<port>/<host>:<port>"
+                        .into(),
+                )
+            })?;
+            (addr, peer_addr)
+        }
+    };
     let member = Member {
         node_id,
-        addr: addr.trim().to_owned(),
+        addr: addr.to_owned(),
+        peer_addr,
     };
     check_member(&member).map_err(bad)?;
     Ok(member)
 }
 
-fn check_member(member: &Member) -> Result<(), &'static str> {
+fn check_member(member: &Member) -> Result<(), String> {
     if member.node_id == 0 {
-        return Err("node id must be an integer >= 1");
+        return Err("node id must be an integer >= 1".into());
     }
-    check_host_port(&member.addr)
+    check_host_port(&member.addr)?;
+    check_host_port(&member.peer_addr).map_err(|reason| format!("peer {reason}"))?;
+    if member.addr == member.peer_addr {
+        return Err("the peer address must differ from the client address".into());
+    }
+    Ok(())
+}
+
+/// No two members share an address, client or peer: the default peer
+/// address (the next port up) of members listed at consecutive ports of
+/// one host would be another member's client address.
+fn check_distinct_addrs(members: &[Member]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&str, (NodeId, &str)> = HashMap::new();
+    for member in members {
+        for (addr, role) in [(&member.addr, "client"), (&member.peer_addr, "peer")] {
+            if let Some((other, other_role)) = seen.insert(addr, (member.node_id, role)) {
+                return Err(ConfigError::Member {
+                    item: member.to_string(),
+                    reason: format!(
+                        "its {role} address `{addr}` is also node {other}'s {other_role} address"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This node as the whole cluster: for clients at `advertise_addr`, for
+/// peers at its host and `peer_addr`'s port.
+fn lone_member(node_id: NodeId, advertise_addr: &str, peer_addr: SocketAddr) -> Member {
+    let host = advertise_addr.rsplit_once(':').map_or("", |(host, _)| host);
+    Member {
+        node_id,
+        addr: advertise_addr.to_owned(),
+        peer_addr: format!("{host}:{}", peer_addr.port()),
+    }
+}
+
+/// `addr` at the next port up: where a peer port is when not given.
+fn next_port(addr: SocketAddr) -> Option<SocketAddr> {
+    let port = addr.port().checked_add(1)?;
+    Some(SocketAddr::new(addr.ip(), port))
+}
+
+/// [`next_port`] of a `host:port` already checked by [`check_host_port`].
+fn next_port_of(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?.checked_add(1)?;
+    Some(format!("{host}:{port}"))
 }
 
 /// A dialable address's shape; whether the host resolves is learnt when
@@ -582,8 +719,20 @@ fn check<T: Copy + Into<u64>>(
 mod tests {
     use super::*;
 
+    /// Client ports 7070-7072, peer ports 7170-7172.
+    const THREE_MEMBERS: &str = "1=127.0.0.1:7070/127.0.0.1:7170,\
+        2=127.0.0.1:7071/127.0.0.1:7171,3=127.0.0.1:7072/127.0.0.1:7172";
+
     fn three_members() -> Vec<Member> {
-        parse_members("1=127.0.0.1:7070,2=127.0.0.1:7071,3=127.0.0.1:7072").unwrap()
+        parse_members(THREE_MEMBERS).unwrap()
+    }
+
+    fn member(node_id: NodeId, addr: &str, peer_addr: &str) -> Member {
+        Member {
+            node_id,
+            addr: addr.into(),
+            peer_addr: peer_addr.into(),
+        }
     }
 
     fn file(text: &str) -> FileConfig {
@@ -741,7 +890,7 @@ mod tests {
             ("1=a:1,1=b:2", "members: node id 1 appears more than once"),
             (
                 "1=a:1,2b:2",
-                "members: `2b:2`: expected <node id>=<host>:<port>",
+                "members: `2b:2`: expected <node id>=<host>:<port>[/<host>:<port>]",
             ),
             ("x=a:1", "members: `x=a:1`: node id must be an integer >= 1"),
             ("0=a:1", "members: `0=a:1`: node id must be an integer >= 1"),
@@ -815,7 +964,11 @@ mod tests {
             groups = 32
             heartbeat_interval_ms = 50
             node_id = 3
-            members = ["1=127.0.0.1:7070", "2=127.0.0.1:7071", "3=127.0.0.1:7072"]
+            members = [
+                "1=127.0.0.1:7070/127.0.0.1:7170",
+                "2=127.0.0.1:7071/127.0.0.1:7171",
+                "3=127.0.0.1:7072/127.0.0.1:7172",
+            ]
             "#,
         );
         let config = Config::layer(args, file).unwrap();
@@ -848,13 +1001,158 @@ mod tests {
         };
         let config = Config::layer(args, FileConfig::default()).unwrap();
         assert_eq!(config.advertise_addr, "127.0.0.1:9000");
+        assert_eq!(config.peer_addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(
             config.members,
-            [Member {
-                node_id: 5,
-                addr: "127.0.0.1:9000".into()
-            }]
+            [member(5, "127.0.0.1:9000", "127.0.0.1:9001")]
         );
+    }
+
+    #[test]
+    fn peer_addr_defaults_to_the_next_port_of_grpc_addr() {
+        let args = ServeArgs {
+            grpc_addr: Some("0.0.0.0:7070".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let config = Config::layer(args, FileConfig::default()).unwrap();
+        assert_eq!(config.peer_addr, "0.0.0.0:7071".parse().unwrap());
+        assert_eq!(
+            Config::default().peer_addr,
+            "127.0.0.1:7071".parse().unwrap()
+        );
+
+        let config = Config::layer(ServeArgs::default(), file(r#"peer_addr = "0.0.0.0:9000""#));
+        assert_eq!(config.unwrap().peer_addr, "0.0.0.0:9000".parse().unwrap());
+        let args = ServeArgs {
+            peer_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let config = Config::layer(args, file(r#"peer_addr = "0.0.0.0:9000""#)).unwrap();
+        assert_eq!(config.peer_addr, "127.0.0.1:9100".parse().unwrap());
+    }
+
+    #[test]
+    fn lone_node_is_at_its_advertised_host_for_peers_too() {
+        let args = ServeArgs {
+            grpc_addr: Some("0.0.0.0:7070".parse().unwrap()),
+            peer_addr: Some("0.0.0.0:9000".parse().unwrap()),
+            advertise_addr: Some("lh.example:7070".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::layer(args, FileConfig::default()).unwrap();
+        assert_eq!(
+            config.members,
+            [member(1, "lh.example:7070", "lh.example:9000")]
+        );
+    }
+
+    #[test]
+    fn peer_addr_needs_a_port_of_its_own() {
+        let args = ServeArgs {
+            grpc_addr: Some("127.0.0.1:65535".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let message = Config::layer(args, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("peer_addr: not given, and the default"),
+            "{message}"
+        );
+        assert!(message.contains("past 65535"), "{message}");
+
+        let mut config = Config {
+            peer_addr: Config::default().grpc_addr,
+            ..Config::default()
+        };
+        assert_eq!(
+            error_of(&config),
+            "peer_addr: `127.0.0.1:7070` is also grpc_addr: the peer port must be a port of its own"
+        );
+        config.peer_addr = config.http_addr;
+        assert!(
+            error_of(&config).starts_with("peer_addr: `127.0.0.1:7080` is also http_addr"),
+            "{}",
+            error_of(&config)
+        );
+    }
+
+    #[test]
+    fn member_peer_addresses_default_to_the_next_port_or_follow_a_slash() {
+        let members =
+            parse_members("1=10.0.0.1:7070, 2 = 10.0.0.2:7070 / 10.1.0.2:9000 ,3=[::1]:7072")
+                .unwrap();
+        assert_eq!(
+            members,
+            [
+                member(1, "10.0.0.1:7070", "10.0.0.1:7071"),
+                member(2, "10.0.0.2:7070", "10.1.0.2:9000"),
+                member(3, "[::1]:7072", "[::1]:7073"),
+            ]
+        );
+        assert_eq!(members[1].to_string(), "2=10.0.0.2:7070/10.1.0.2:9000");
+    }
+
+    #[test]
+    fn bad_member_peer_addresses_are_named() {
+        let cases = [
+            (
+                "1=a:1/",
+                "members: `1=a:1/`: peer address must be <host>:<port>",
+            ),
+            (
+                "1=a:1/b",
+                "members: `1=a:1/b`: peer address must be <host>:<port>",
+            ),
+            (
+                "1=a:1/:2",
+                "members: `1=a:1/:2`: peer address has an empty host",
+            ),
+            (
+                "1=a:1/b:x",
+                "members: `1=a:1/b:x`: peer address port must be an integer in 0..=65535",
+            ),
+            ("1=/b:2", "members: `1=/b:2`: address must be <host>:<port>"),
+            (
+                "1=a:1/a:1",
+                "members: `1=a:1/a:1`: the peer address must differ from the client address",
+            ),
+            (
+                "1=a:65535",
+                "members: `1=a:65535`: the peer address, the client port + 1 unless given, \
+                 is past 65535; give it as <node id>=<host>:<port>/<host>:<port>",
+            ),
+        ];
+        for (input, expected) in cases {
+            let error = parse_members(input).unwrap_err().to_string();
+            assert_eq!(error, expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn members_share_no_address() {
+        let config = Config {
+            members: parse_members("1=h:7070,2=h:7071").unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            error_of(&config),
+            "members: `2=h:7071/h:7072`: its client address `h:7071` is also node 1's peer address"
+        );
+        let config = Config {
+            members: parse_members("1=h:7070/p:1,2=i:7070/p:1").unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            error_of(&config),
+            "members: `2=i:7070/p:1`: its peer address `p:1` is also node 1's peer address"
+        );
+        let config = Config {
+            members: parse_members("1=h:7070/h:9000,2=h:7071/h:9001").unwrap(),
+            advertise_addr: "h:7070".into(),
+            ..Config::default()
+        };
+        config.validate().unwrap();
     }
 
     #[test]

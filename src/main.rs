@@ -48,7 +48,7 @@ struct ClusterArgs {
     /// Number of nodes, 1..=7
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
     nodes: u64,
-    /// gRPC port of node 1; node i serves gRPC on P+i-1 and HTTP on P+10+i-1
+    /// Client gRPC port of node 1; node i serves clients on P+i-1, HTTP on P+10+i-1 and peers on P+20+i-1
     #[arg(long, value_name = "P", default_value_t = 7070, value_parser = clap::value_parser!(u16).range(1..=BASE_PORT_MAX))]
     base_port: u16,
     /// Directory under which node i keeps its data, in node-i
@@ -66,10 +66,13 @@ struct ClusterArgs {
 }
 
 const NODES_MAX: u64 = 7;
-/// Node i's HTTP port is this far above its gRPC port, clear of every
-/// node's gRPC port.
+/// Node i's HTTP port is this far above its client port, clear of every
+/// node's client port.
 const HTTP_PORT_OFFSET: u16 = 10;
-const BASE_PORT_MAX: i64 = (u16::MAX - HTTP_PORT_OFFSET - NODES_MAX as u16) as i64;
+/// Node i's peer port is this far above its client port, clear of every
+/// node's client and HTTP ports.
+const PEER_PORT_OFFSET: u16 = 20;
+const BASE_PORT_MAX: i64 = (u16::MAX - PEER_PORT_OFFSET - NODES_MAX as u16) as i64;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -160,6 +163,7 @@ fn cluster(args: ClusterArgs) -> ExitCode {
 struct NodePlan {
     node_id: NodeId,
     grpc_addr: SocketAddr,
+    peer_addr: SocketAddr,
     http_addr: SocketAddr,
     data_dir: PathBuf,
 }
@@ -167,11 +171,12 @@ struct NodePlan {
 fn plan(args: &ClusterArgs) -> Vec<NodePlan> {
     (1..=args.nodes)
         .map(|node_id| {
-            // Bounded by clap: base_port + HTTP_PORT_OFFSET + NODES_MAX fits a u16.
+            // Bounded by clap: base_port + PEER_PORT_OFFSET + NODES_MAX fits a u16.
             let grpc_port = args.base_port + node_id as u16 - 1;
             NodePlan {
                 node_id,
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port + PEER_PORT_OFFSET)),
                 http_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port + HTTP_PORT_OFFSET)),
                 data_dir: args.data_dir.join(format!("node-{node_id}")),
             }
@@ -192,9 +197,10 @@ async fn run_cluster(args: ClusterArgs) -> std::io::Result<ExitCode> {
     }
     for node in &nodes {
         println!(
-            "node {}  grpc {}  http {}  data {}",
+            "node {}  grpc {}  peer {}  http {}  data {}",
             node.node_id,
             node.grpc_addr,
+            node.peer_addr,
             node.http_addr,
             node.data_dir.display()
         );
@@ -223,7 +229,7 @@ fn spawn_all(
     let exe = std::env::current_exe()?;
     let members = nodes
         .iter()
-        .map(|node| format!("{}={}", node.node_id, node.grpc_addr))
+        .map(|node| format!("{}={}/{}", node.node_id, node.grpc_addr, node.peer_addr))
         .collect::<Vec<_>>()
         .join(",");
     for node in nodes {
@@ -233,6 +239,7 @@ fn spawn_all(
             .arg("serve")
             .args(["--node-id", &node.node_id.to_string()])
             .args(["--grpc-addr", &node.grpc_addr.to_string()])
+            .args(["--peer-addr", &node.peer_addr.to_string()])
             .args(["--advertise-addr", &node.grpc_addr.to_string()])
             .args(["--http-addr", &node.http_addr.to_string()])
             .arg("--data-dir")
@@ -406,13 +413,20 @@ mod tests {
         let nodes = plan(&args);
         let mut ports: Vec<u16> = nodes
             .iter()
-            .flat_map(|node| [node.grpc_addr.port(), node.http_addr.port()])
+            .flat_map(|node| {
+                [
+                    node.grpc_addr.port(),
+                    node.http_addr.port(),
+                    node.peer_addr.port(),
+                ]
+            })
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 14);
+        assert_eq!(ports.len(), 21);
         assert_eq!(nodes[0].grpc_addr.port(), 7070);
         assert_eq!(nodes[0].http_addr.port(), 7080);
+        assert_eq!(nodes[0].peer_addr.port(), 7090);
         assert_eq!(
             nodes[6].data_dir,
             PathBuf::from("./leasehold-cluster/node-7")

@@ -26,7 +26,7 @@ pub mod peer {
     ));
 }
 
-/// The encoded `FileDescriptorSet` of `leasehold.v1` and `leasehold.internal.v1`, for gRPC server
-/// reflection.
+/// The encoded `FileDescriptorSet` of `leasehold.v1`, for gRPC server
+/// reflection on the client port.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/leasehold_descriptor.bin"));

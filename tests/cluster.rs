@@ -782,9 +782,12 @@ async fn waiters_take_turns_across_fairness_keys() {
 #[test]
 fn bad_config_is_rejected_with_the_field_named() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let ports = free_ports(4);
+    let ports = free_ports(7);
     let stderr_path = dir.path().join("stderr.log");
-    let members = format!("1={},2={},3={}", ports[0], ports[2], ports[3]);
+    let members = format!(
+        "1={}/{},2={}/{},3={}/{}",
+        ports[0], ports[4], ports[2], ports[5], ports[3], ports[6]
+    );
     let mut child = leasehold_command()
         .args([
             "serve",
@@ -792,6 +795,8 @@ fn bad_config_is_rejected_with_the_field_named() {
             "1",
             "--grpc-addr",
             &ports[0].to_string(),
+            "--peer-addr",
+            &ports[4].to_string(),
         ])
         .args(["--http-addr", &ports[1].to_string(), "--members", &members])
         .args(["--data-dir", &dir.path().join("data").display().to_string()])
@@ -1205,7 +1210,7 @@ async fn acquire_in_each(
     leases
 }
 
-/// Polls Peer.Digest until every node holds exactly `expected` lease
+/// Polls GetNodeDigest until every node holds exactly `expected` lease
 /// records over all data groups.
 async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -1213,9 +1218,9 @@ async fn wait_lease_records(cluster: &Cluster, expected: u64, timeout: Duration)
         let mut counts = BTreeMap::new();
         for id in cluster.ids() {
             let digests = cluster.digests(id).await;
-            let digests =
-                digests.unwrap_or_else(|s| panic!("expected Digest on node {id} to answer: {s}"));
-            let data = digests.values().filter(|d| d.group != META_GROUP);
+            let digests = digests
+                .unwrap_or_else(|s| panic!("expected GetNodeDigest on node {id} to answer: {s}"));
+            let data = digests.values().filter(|d| d.group_id != META_GROUP);
             counts.insert(id, data.map(|d| d.leases).sum::<u64>());
         }
         if counts.values().all(|&n| n == expected) {

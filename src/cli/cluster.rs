@@ -1,12 +1,13 @@
 //! `slots` and `status`: the cluster as its slot map and its
-//! nodes' own views (Peer.Digest) describe it.
+//! nodes' own views (GetNodeDigest, on each node's client address)
+//! describe it.
 
 use std::time::Duration;
 
 use clap::Args;
-use leasehold::proto::peer::peer_client::PeerClient;
-use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1;
+use leasehold::proto::v1::leasehold_client::LeaseholdClient;
+use leasehold::proto::v1::{GetNodeDigestRequest, GroupDigest};
 use leasehold::raft::META_GROUP;
 use serde_json::{json, Value};
 use tonic::transport::Endpoint;
@@ -128,9 +129,11 @@ async fn digest(address: &str, timeout: Duration) -> Result<Vec<GroupDigest>, St
         .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT.min(timeout))
         .connect_lazy();
-    let mut request = tonic::Request::new(DigestRequest {});
+    let mut request = tonic::Request::new(GetNodeDigestRequest {});
     request.set_timeout(timeout);
-    let reply = PeerClient::new(channel).digest(request).await?;
+    let reply = LeaseholdClient::new(channel)
+        .get_node_digest(request)
+        .await?;
     Ok(reply.into_inner().groups)
 }
 
@@ -145,7 +148,7 @@ struct Summary {
 }
 
 fn summarise(node_id: u64, groups: &[GroupDigest]) -> Summary {
-    let data = groups.iter().filter(|g| g.group != META_GROUP);
+    let data = groups.iter().filter(|g| g.group_id != META_GROUP);
     Summary {
         hosted: data.clone().count(),
         leading: data.clone().filter(|g| g.leader_node_id == node_id).count(),
@@ -212,9 +215,9 @@ fn status_report(epoch: u64, views: &[NodeView]) -> Report {
 mod tests {
     use super::*;
 
-    fn group(group: u32, leader_node_id: u64, term: u64) -> GroupDigest {
+    fn group(group_id: u32, leader_node_id: u64, term: u64) -> GroupDigest {
         GroupDigest {
-            group,
+            group_id,
             leader_node_id,
             term,
             ..GroupDigest::default()

@@ -40,7 +40,8 @@ pub struct SlotMap {
     pub epoch: u64,
     /// The modulus of the scope hash; slots are `0..slot_count`.
     pub slot_count: u32,
-    /// Node id → the address peers and clients dial.
+    /// Node id → its client address: what clients dial and calls are
+    /// forwarded to (peers dial the members' peer addresses instead).
     pub nodes: BTreeMap<NodeId, String>,
     /// Which group owns each slot: contiguous ranges in slot order that
     /// cover `0..slot_count` exactly.

@@ -72,6 +72,8 @@ pub struct Group {
     /// Set once the wait for the preferred leader is over (at once on the
     /// preferred leader itself): only then may this node stand for election.
     may_stand: AtomicBool,
+    /// Where the members listen.
+    peers: Arc<Peers>,
 }
 
 pub struct GroupOptions {
@@ -84,8 +86,9 @@ pub struct GroupOptions {
 
 impl Group {
     /// Opens the group's storage and starts its Raft instance; a group
-    /// with no state yet is initialised with `members` (every member does
-    /// the same with the same set, which openraft allows).
+    /// with no state yet is initialised with `members`, by their peer
+    /// addresses (every member does the same with the same set, which
+    /// openraft allows).
     ///
     /// Until the group has a leader, only `preferred_leader` stands for
     /// election, so leaders spread over the nodes as placement intends
@@ -135,6 +138,7 @@ impl Group {
             capacity_changed: Arc::new(Notify::new()),
             clock: Arc::clone(&options.clock),
             may_stand: AtomicBool::new(preferred),
+            peers: Arc::clone(peers),
         });
         tokio::spawn(propose_loop(
             group.raft.clone(),
@@ -223,8 +227,22 @@ impl Group {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// The address of a member of the group, from its membership.
+    /// The client address of a member of the group (see
+    /// [`Peers::client_addr`]): for clients, and for forwarding requests.
     pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.membership_addr(node)?;
+        self.peers.client_addr(node).map(str::to_owned)
+    }
+
+    /// The peer address of a member of the group: for node-to-node calls.
+    /// The configured one, else the one its membership recorded.
+    pub fn member_peer_addr(&self, node: NodeId) -> Option<String> {
+        let recorded = self.membership_addr(node)?;
+        Some(self.peers.peer_addr(node).map_or(recorded, str::to_owned))
+    }
+
+    /// The address `node` has in the group's membership, if it is a member.
+    fn membership_addr(&self, node: NodeId) -> Option<String> {
         let membership = Arc::clone(&self.raft.metrics().borrow().membership_config);
         let addr = membership
             .nodes()
@@ -233,7 +251,7 @@ impl Group {
         addr
     }
 
-    /// `leader` with its address, for a NOT_LEADER reply's hint.
+    /// `leader` with its client address, for a NOT_LEADER reply's hint.
     pub fn leader_hint(&self, leader: Option<NodeId>) -> Option<(NodeId, String)> {
         leader.and_then(|l| self.member_addr(l).map(|addr| (l, addr)))
     }

@@ -2,10 +2,13 @@
 //!
 //! - [`node`]: the groups this node hosts, bootstrap, readiness, handover.
 //! - [`group`]: one Raft group: proposer (batching), scavenger, leadership.
-//! - [`network`]: Raft transport over one gRPC channel per peer.
-//! - [`peer`]: the node-to-node service (`leasehold.internal.v1.Peer`).
+//! - [`network`]: where members listen; Raft transport over one gRPC
+//!   channel per peer.
+//! - [`peer`]: the node-to-node service (`leasehold.internal.v1.Peer`),
+//!   served on the peer port alone.
 //! - [`api`]: the public service (`leasehold.v1.Leasehold`): routing,
-//!   forwarding, linearizable reads.
+//!   forwarding, linearizable reads; served on the client port with gRPC
+//!   health and reflection.
 //! - [`turns`]: whose turn it is among waiting acquires (fair queues).
 //! - [`http`]: Prometheus `/metrics`, `/ready`, `/health`.
 //! - [`clock`]: the wall clock leaders stamp commands with.
@@ -28,6 +31,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::config::Config;
@@ -94,25 +98,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .install_recorder()
         .map_err(|e| ServerError::Metrics(e.to_string()))?;
 
-    let grpc = TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "grpc_addr",
-            addr: config.grpc_addr,
-            source,
-        })?;
-    let http = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "http_addr",
-            addr: config.http_addr,
-            source,
-        })?;
+    let grpc = bind("grpc_addr", config.grpc_addr).await?;
+    let peer = bind("peer_addr", config.peer_addr).await?;
+    let http = bind("http_addr", config.http_addr).await?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let node = Node::open(config, Some(Box::new(exit_on_storage_fault)))?;
     tracing::info!(
         node = node.id,
         grpc = %node.config.grpc_addr,
+        peer = %node.config.peer_addr,
         http = %node.config.http_addr,
         data_dir = %node.config.data_dir.display(),
         members = node.config.members.len(),
@@ -123,37 +117,29 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     tokio::spawn(gauges(Arc::clone(&node), prometheus));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    // Both reflection versions: grpcurl and other tools of either age work.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (close_streams, closing) = tokio::sync::watch::channel(false);
-    let server = Server::builder()
+    // Turns true when the servers stop: open streams end, so the graceful
+    // shutdown does not wait on them, and the listeners close.
+    let (stop, closing) = watch::channel(false);
+    let client_port = Server::builder()
         .tcp_nodelay(true)
         .layer(codec::OversizedLayer)
         .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?)
+        .add_service(LeaseholdServer::new(api::Api::new(
+            Arc::clone(&node),
+            closing.clone(),
+        )))
+        .serve_with_incoming_shutdown(tokio_stream_listener(grpc), stopped(closing.clone()));
+    let peer_port = Server::builder()
+        .tcp_nodelay(true)
+        .layer(codec::OversizedLayer)
         .add_service(PeerServer::new(peer::PeerService::new(
             Arc::clone(&node),
             closing.clone(),
         )))
-        .add_service(LeaseholdServer::new(api::Api::new(
-            Arc::clone(&node),
-            closing,
-        )))
-        .serve_with_incoming_shutdown(tokio_stream_listener(grpc), async {
-            let _ = stop_rx.await;
-        });
-    let server = tokio::spawn(server);
+        .serve_with_incoming_shutdown(tokio_stream_listener(peer), stopped(closing));
+    let servers = (tokio::spawn(client_port), tokio::spawn(peer_port));
     tokio::spawn(Arc::clone(&node).watch_clock());
 
     let mut term =
@@ -179,18 +165,70 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Leaderships move first, while this node still answers its peers;
     // calls that arrive meanwhile are forwarded to the new leaders.
     node.shutdown().await;
-    let _ = close_streams.send(true);
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "grpc server task"),
+    let _ = stop.send(true);
+    let (client_port, peer_port) = servers;
+    let finished = tokio::time::timeout(grace, async { (client_port.await, peer_port.await) });
+    match finished.await {
+        Ok((client_port, peer_port)) => {
+            log_server_end("client port", client_port);
+            log_server_end("peer port", peer_port);
+        }
         Err(_) => tracing::warn!(?grace, "calls still in flight after the grace period"),
     }
     node.stop_groups().await;
     node.flush();
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Server reflection of the public API and health; both versions, so that
+/// grpcurl and other tools of either age work.
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    ServerError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))
+}
+
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    ServerError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))
+}
+
+/// Resolves once `closing` turns true (or its sender is gone).
+async fn stopped(mut closing: watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+fn log_server_end(
+    port: &'static str,
+    ended: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, port, "grpc server"),
+        Err(e) => tracing::warn!(error = %e, port, "grpc server task"),
+    }
 }
 
 async fn stop_early(node: &Arc<Node>) -> Result<(), ServerError> {

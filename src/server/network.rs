@@ -15,7 +15,7 @@
 //! the follower learns the commit index from the next append, or from the
 //! next heartbeat that goes out for real once the link has been quiet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::Member;
 use crate::mux::{Mux, MuxError, Tagged};
 use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::{RaftCall, RaftKind, RaftRequest, RaftResult};
@@ -44,16 +45,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The pause before retrying a peer that could not be reached.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
-/// One lazily connected channel per peer, shared by every group and by
-/// request forwarding. Channels reconnect by themselves after a failure.
+/// Where each member listens, and one lazily connected channel per
+/// address dialled: peer ports for the node-to-node API, client ports for
+/// forwarded requests. Channels reconnect by themselves after a failure.
 #[derive(Default)]
 pub struct Peers {
+    /// The configured members by node id. They, not the addresses a
+    /// group's membership recorded when it was created, say where a node
+    /// listens now.
+    members: BTreeMap<NodeId, Member>,
     channels: Mutex<HashMap<String, Channel>>,
     links: Mutex<HashMap<String, Arc<RaftLink>>>,
 }
 
 impl Peers {
-    /// The channel to the node that listens at `addr` (`host:port`).
+    pub fn new(members: &[Member]) -> Peers {
+        Peers {
+            members: members.iter().map(|m| (m.node_id, m.clone())).collect(),
+            ..Peers::default()
+        }
+    }
+
+    /// Node `id`'s client address: what clients are told and requests are
+    /// forwarded to.
+    pub fn client_addr(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|m| m.addr.as_str())
+    }
+
+    /// Node `id`'s peer address: where its node-to-node API listens.
+    pub fn peer_addr(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|m| m.peer_addr.as_str())
+    }
+
+    /// The channel to the port at `addr` (`host:port`).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("peer table lock");
         if let Some(ch) = channels.get(addr) {
@@ -73,7 +97,8 @@ impl Peers {
         Ok(PeerClient::new(self.channel(addr)?))
     }
 
-    /// The Raft stream link to the node at `addr`, shared by every group.
+    /// The Raft stream link to the peer port at `addr`, shared by every
+    /// group.
     pub fn link(&self, addr: &str) -> Result<Arc<RaftLink>, tonic::transport::Error> {
         let mut links = self.links.lock().expect("link table lock");
         if let Some(link) = links.get(addr) {
@@ -117,10 +142,11 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupNetwork {
+        let addr = self.peers.peer_addr(target).unwrap_or(&node.addr);
         let link = self
             .peers
-            .peer(&node.addr)
-            .and_then(|client| Ok((client, self.peers.link(&node.addr)?)));
+            .peer(addr)
+            .and_then(|client| Ok((client, self.peers.link(addr)?)));
         GroupNetwork {
             group: self.group,
             target,

@@ -81,9 +81,9 @@ impl Node {
         Ok(Arc::new(Node {
             id: config.node_id,
             clock: Arc::new(clock),
+            peers: Arc::new(Peers::new(&config.members)),
             config,
             db,
-            peers: Arc::new(Peers::default()),
             groups: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -176,20 +176,30 @@ impl Node {
     /// already be serving: the groups elect leaders through it.
     pub async fn bootstrap(self: &Arc<Self>) -> Result<(), ServerError> {
         let mut options = self.group_options()?;
-        let members: BTreeMap<NodeId, String> = self
-            .config
-            .members
+        let members = &self.config.members;
+        let peer_addrs: BTreeMap<NodeId, String> = members
             .iter()
-            .map(|m| (m.node_id, m.addr.clone()))
+            .map(|m| (m.node_id, m.peer_addr.clone()))
             .collect();
-        let first = members.keys().next().copied().unwrap_or(self.id);
-        let meta =
-            Group::start(&self.db, &self.peers, META_GROUP, &members, first, &options).await?;
+        let first = peer_addrs.keys().next().copied().unwrap_or(self.id);
+        let meta = Group::start(
+            &self.db,
+            &self.peers,
+            META_GROUP,
+            &peer_addrs,
+            first,
+            &options,
+        )
+        .await?;
         tokio::spawn(Arc::clone(self).fail_stop_when_stopped(Arc::clone(&meta)));
         self.add_group(Arc::clone(&meta));
 
+        // The slot map tells clients where nodes are: client addresses.
         let wanted = SlotMap::initial(
-            members.clone(),
+            members
+                .iter()
+                .map(|m| (m.node_id, m.addr.clone()))
+                .collect(),
             self.config.slots,
             self.config.effective_groups(),
             self.config.effective_replication_factor(),
@@ -232,11 +242,7 @@ impl Node {
             if !placement.replicas.contains(&self.id) {
                 continue;
             }
-            let nodes: BTreeMap<NodeId, String> = placement
-                .replicas
-                .iter()
-                .filter_map(|id| map.nodes.get(id).map(|a| (*id, a.clone())))
-                .collect();
+            let nodes = self.replica_peer_addrs(&placement.replicas)?;
             let group = Group::start(
                 &self.db,
                 &self.peers,
@@ -263,6 +269,25 @@ impl Node {
         Ok(())
     }
 
+    /// The peer addresses of a group's replicas. A replica missing from
+    /// the configured members would leave the group a smaller membership
+    /// than the other replicas give it.
+    fn replica_peer_addrs(
+        &self,
+        replicas: &[NodeId],
+    ) -> Result<BTreeMap<NodeId, String>, ServerError> {
+        replicas
+            .iter()
+            .map(|&id| match self.peers.peer_addr(id) {
+                Some(addr) => Ok((id, addr.to_owned())),
+                None => Err(ServerError::Config(format!(
+                    "members: node {id} replicates a group in this cluster's slot map \
+                     but is not among members"
+                ))),
+            })
+            .collect()
+    }
+
     /// Reads every other member's clock every [`PROBE_INTERVAL`] and
     /// decides whether this node may stamp lease time; when that changes,
     /// its groups hear of it (see [`Group::update_election`]). Runs from
@@ -273,7 +298,7 @@ impl Node {
             .members
             .iter()
             .filter(|m| m.node_id != self.id)
-            .map(|m| (m.node_id, m.addr.clone()))
+            .map(|m| (m.node_id, m.peer_addr.clone()))
             .collect();
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -387,7 +412,7 @@ impl Node {
             .0
             .ok_or_else(|| ServerError::Raft("the metadata group has no leader".into()))?;
         let addr = meta
-            .member_addr(leader)
+            .member_peer_addr(leader)
             .ok_or_else(|| ServerError::Raft(format!("no address for node {leader}")))?;
         let command =
             postcard::to_stdvec(&cmd).map_err(|e| ServerError::Raft(format!("encoding: {e}")))?;
@@ -473,7 +498,7 @@ impl Node {
         let Some(successor) = successor else {
             return;
         };
-        let Some(addr) = group.member_addr(successor) else {
+        let Some(addr) = group.member_peer_addr(successor) else {
             return;
         };
         // Followers refuse votes until the leader lease (the longest

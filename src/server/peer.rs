@@ -1,5 +1,6 @@
-//! The node-to-node service: Raft RPCs for any hosted group, election
-//! triggers for leadership handover, state digests, map proposals.
+//! The node-to-node service, on the peer port: Raft RPCs for any hosted
+//! group, election triggers for leadership handover, map proposals, clock
+//! readings.
 
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use super::node::Node;
 use crate::mux::{self, Replies};
 use crate::proto::peer::peer_server::Peer;
 use crate::proto::peer::{
-    ClockReply, ClockRequest, DigestReply, DigestRequest, ElectReply, ElectRequest, GroupDigest,
-    MetaProposal, MetaReply, RaftCall, RaftKind, RaftReply, RaftRequest, RaftResult,
+    ClockReply, ClockRequest, ElectReply, ElectRequest, MetaProposal, MetaReply, RaftCall,
+    RaftKind, RaftReply, RaftRequest, RaftResult,
 };
 use crate::raft::{MetaCommand, NodeId, TypeConfig};
 
@@ -129,33 +130,6 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(ElectReply {}))
-    }
-
-    async fn digest(
-        &self,
-        _request: Request<DigestRequest>,
-    ) -> Result<Response<DigestReply>, Status> {
-        let groups = self
-            .node
-            .groups()
-            .iter()
-            .map(|g| {
-                let (last_applied, (digest, leases)) = g
-                    .engine
-                    .read_with_position(|e| (e.store().digest(), e.store().lease_count() as u64));
-                let (leader, term) = g.leader();
-                GroupDigest {
-                    group: g.id,
-                    last_applied_index: last_applied.map_or(0, |l| l.index),
-                    last_applied_term: last_applied.map_or(0, |l| l.leader_id.term),
-                    state_digest: digest,
-                    leases,
-                    leader_node_id: leader.unwrap_or(0),
-                    term,
-                }
-            })
-            .collect();
-        Ok(Response::new(DigestReply { groups }))
     }
 
     async fn propose_meta(

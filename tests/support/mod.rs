@@ -1,5 +1,7 @@
 //! A real cluster for integration tests: `leasehold serve` processes on
-//! loopback ports, each with its own data directory and log file.
+//! loopback ports, each with its own data directory and log file. A node
+//! has three ports: client (gRPC API), peer (node-to-node gRPC) and HTTP;
+//! members are given with explicit peer addresses, never at client port + 1.
 //!
 //! Nodes are named by their node id (1, 2, 3, ...). Every wait polls with a
 //! deadline; nothing sleeps to synchronise. When a test panics, dropping the
@@ -19,9 +21,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use leasehold::proto::peer::peer_client::PeerClient;
-use leasehold::proto::peer::{DigestRequest, GroupDigest};
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
-use leasehold::proto::v1::{self, constraint, GetSlotMapRequest, SlotMap};
+use leasehold::proto::v1::{
+    self, constraint, GetNodeDigestRequest, GetSlotMapRequest, GroupDigest, SlotMap,
+};
 use leasehold::slot::{owner, slot_of, SlotRange};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +32,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// The metadata group's id in Peer.Digest; every other group is a data
+/// The metadata group's id in GetNodeDigest; every other group is a data
 /// group.
 pub const META_GROUP: u32 = u32::MAX;
 
@@ -42,7 +45,7 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline of one RPC from a test client.
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Deadline of one HTTP request or Digest poll.
+/// Deadline of one HTTP request or GetNodeDigest poll.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pause between two polls of the same condition.
@@ -55,7 +58,7 @@ const KEEP_DIRS_ENV: &str = "LEASEHOLD_TEST_KEEP_DIRS";
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
-/// Per group id, that group's digest: one node's Digest reply.
+/// Per group id, that group's digest: one node's GetNodeDigest reply.
 pub type NodeDigests = BTreeMap<u32, GroupDigest>;
 
 /// Per node id, its digests.
@@ -104,6 +107,7 @@ impl Default for ClusterConfig {
 struct Node {
     id: u64,
     grpc_addr: SocketAddr,
+    peer_addr: SocketAddr,
     http_addr: SocketAddr,
     /// Holds `data/` (the node's data dir) and `node.log` (stdout and
     /// stderr of every run, appended).
@@ -173,13 +177,15 @@ impl Cluster {
 
     /// Allocates every node's ports and directory; starts none.
     fn prepare(config: ClusterConfig) -> Cluster {
-        let ports = free_ports(2 * config.nodes as usize);
+        // Ascending: a peer port is never its client port + 1.
+        let ports = free_ports(3 * config.nodes as usize);
         let nodes = (1..=config.nodes)
-            .zip(ports.chunks(2))
-            .map(|(id, pair)| Node {
+            .zip(ports.chunks(3))
+            .map(|(id, ports)| Node {
                 id,
-                grpc_addr: pair[0],
-                http_addr: pair[1],
+                grpc_addr: ports[0],
+                http_addr: ports[1],
+                peer_addr: ports[2],
                 dir: tempfile::Builder::new()
                     .prefix(&format!("leasehold-node{id}-"))
                     .tempdir()
@@ -206,8 +212,14 @@ impl Cluster {
         self.config.groups
     }
 
+    /// Node `id`'s client address: public API, health, reflection.
     pub fn grpc_addr(&self, id: u64) -> SocketAddr {
         self.node(id).grpc_addr
+    }
+
+    /// Node `id`'s peer address: the node-to-node API.
+    pub fn peer_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).peer_addr
     }
 
     /// The `serve` flags of node `id`, the same on every (re)start.
@@ -216,13 +228,15 @@ impl Cluster {
         let members = self
             .nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.grpc_addr));
+            .map(|n| format!("{}={}/{}", n.id, n.grpc_addr, n.peer_addr));
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--node-id".into(),
             id.to_string(),
             "--grpc-addr".into(),
             node.grpc_addr.to_string(),
+            "--peer-addr".into(),
+            node.peer_addr.to_string(),
             "--http-addr".into(),
             node.http_addr.to_string(),
             "--data-dir".into(),
@@ -477,9 +491,9 @@ impl Cluster {
             .expect("the client connects to a ready cluster")
     }
 
-    /// A client of node `id`'s node-to-node API.
+    /// A client of node `id`'s node-to-node API, on its peer port.
     pub fn peer(&self, id: u64) -> PeerClient<Channel> {
-        PeerClient::new(self.channel(id, PROBE_TIMEOUT))
+        PeerClient::new(channel(self.peer_addr(id), PROBE_TIMEOUT))
     }
 
     /// Node `id`'s `GET /metrics` body (Prometheus text).
@@ -539,13 +553,15 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s Peer.Digest, by group.
+    /// Node `id`'s GetNodeDigest, by group.
     pub async fn digests(&self, id: u64) -> Result<NodeDigests, Status> {
-        let reply = self.peer(id).digest(DigestRequest {}).await?.into_inner();
-        Ok(reply.groups.into_iter().map(|g| (g.group, g)).collect())
+        let mut client = self.client_with_timeout(id, PROBE_TIMEOUT);
+        let reply = client.get_node_digest(GetNodeDigestRequest {}).await?;
+        let groups = reply.into_inner().groups;
+        Ok(groups.into_iter().map(|g| (g.group_id, g)).collect())
     }
 
-    /// Polls Peer.Digest on every live node until every data group is
+    /// Polls GetNodeDigest on every live node until every data group is
     /// at the same last applied index on all of them, twice in a row (so a
     /// digest read mid-apply cannot pass), and returns the last poll.
     pub async fn wait_digests_converge(&self, timeout: Duration) -> ClusterDigests {
@@ -559,7 +575,7 @@ impl Cluster {
                     Ok(d) => {
                         all.insert(id, d);
                     }
-                    Err(s) => failure = Some(format!("Digest on node {id} failed: {s}")),
+                    Err(s) => failure = Some(format!("GetNodeDigest on node {id} failed: {s}")),
                 }
             }
             let positions = failure.is_none().then(|| self.applied_positions(&all));
@@ -636,11 +652,7 @@ impl Cluster {
     }
 
     fn channel(&self, id: u64, timeout: Duration) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.grpc_addr(id)))
-            .expect("a valid endpoint URI")
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(timeout)
-            .connect_lazy()
+        channel(self.grpc_addr(id), timeout)
     }
 
     fn assert_running(&mut self, id: u64) {
@@ -720,6 +732,15 @@ pub fn concurrency_acquire(
         wait_ms,
         fairness_key: String::new(),
     }
+}
+
+/// A lazily connected channel to `addr`, each call limited to `timeout`.
+pub fn channel(addr: SocketAddr, timeout: Duration) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid endpoint URI")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout)
+        .connect_lazy()
 }
 
 /// `leasehold` with the environment a test node runs in.
@@ -834,7 +855,7 @@ pub fn describe_digests(all: &ClusterDigests) -> String {
             let _ = write!(
                 out,
                 "\n  node {id} group {}: applied {}/{} digest {:#018x} leases {} leader {} term {}",
-                d.group,
+                d.group_id,
                 d.last_applied_term,
                 d.last_applied_index,
                 d.state_digest,

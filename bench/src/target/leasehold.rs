@@ -53,8 +53,11 @@ impl Layout {
 
 pub struct Node {
     pub node_id: u64,
+    /// Client port.
     grpc: SocketAddr,
     http: SocketAddr,
+    /// Peer port.
+    peer: SocketAddr,
     pub data_dir: PathBuf,
     proc: Option<Proc>,
 }
@@ -115,19 +118,20 @@ impl Cluster {
     /// until every node is ready.
     pub fn start(bin: &Path, count: u64, layout: Layout) -> Result<Cluster> {
         let scratch = Scratch::new("leasehold")?;
-        let ports = procs::free_ports(2 * count as usize)?;
+        let ports = procs::free_ports(3 * count as usize)?;
         let nodes: Vec<Node> = (0..count as usize)
             .map(|i| Node {
                 node_id: i as u64 + 1,
-                grpc: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                http: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                grpc: SocketAddr::from(([127, 0, 0, 1], ports[3 * i])),
+                http: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1])),
+                peer: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2])),
                 data_dir: scratch.path().join(format!("node-{}", i + 1)),
                 proc: None,
             })
             .collect();
         let members = nodes
             .iter()
-            .map(|n| format!("{}={}", n.node_id, n.grpc))
+            .map(|n| format!("{}={}/{}", n.node_id, n.grpc, n.peer))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Cluster {
@@ -164,6 +168,7 @@ impl Cluster {
             .arg("serve")
             .args(["--node-id", &node_id.to_string()])
             .args(["--grpc-addr", &node.grpc.to_string()])
+            .args(["--peer-addr", &node.peer.to_string()])
             .args(["--advertise-addr", &node.grpc.to_string()])
             .args(["--http-addr", &node.http.to_string()])
             .arg("--data-dir")

@@ -18,8 +18,11 @@ use super::schedule::NodeId;
 /// How often [`Cluster::wait_exit`] looks.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 
-/// Every node serves gRPC and HTTP on these ports of its own address.
+/// Every node serves clients (gRPC), its peers (gRPC) and HTTP on these
+/// ports of its own address. Partitions drop by source address, so they
+/// cut both gRPC planes alike.
 pub const GRPC_PORT: u16 = 7070;
+pub const PEER_PORT: u16 = 7071;
 pub const HTTP_PORT: u16 = 7080;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +58,10 @@ pub struct Node {
 impl Node {
     pub fn grpc_addr(&self) -> String {
         format!("{}:{GRPC_PORT}", self.ip)
+    }
+
+    pub fn peer_addr(&self) -> String {
+        format!("{}:{PEER_PORT}", self.ip)
     }
 
     pub fn http_addr(&self) -> String {
@@ -156,7 +163,7 @@ impl Cluster {
         let members: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.grpc_addr()))
+            .map(|n| format!("{}={}/{}", n.id, n.grpc_addr(), n.peer_addr()))
             .collect();
         members.join(",")
     }
@@ -254,6 +261,7 @@ fn serve_args(node: &Node, members: &str, spec: &ClusterSpec, root: PathBuf) -> 
         "serve".into(),
         format!("--node-id={}", node.id),
         format!("--grpc-addr=0.0.0.0:{GRPC_PORT}"),
+        format!("--peer-addr=0.0.0.0:{PEER_PORT}"),
         format!("--advertise-addr={}", node.grpc_addr()),
         format!("--http-addr=0.0.0.0:{HTTP_PORT}"),
         format!("--data-dir={}", root.join("data").display()),

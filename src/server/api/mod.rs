@@ -59,6 +59,29 @@ impl Api {
         }
     }
 
+    /// This node's view of every group it hosts.
+    fn node_digest(&self) -> v1::NodeDigest {
+        let groups = self.node.groups().into_iter().map(|g| {
+            let (last_applied, (digest, leases)) = g
+                .engine
+                .read_with_position(|e| (e.store().digest(), e.store().lease_count() as u64));
+            let (leader, term) = g.leader();
+            v1::GroupDigest {
+                group_id: g.id,
+                last_applied_index: last_applied.map_or(0, |l| l.index),
+                last_applied_term: last_applied.map_or(0, |l| l.leader_id.term),
+                state_digest: digest,
+                leases,
+                leader_node_id: leader.unwrap_or(0),
+                term,
+            }
+        });
+        v1::NodeDigest {
+            node_id: self.node.id,
+            groups: groups.collect(),
+        }
+    }
+
     /// The slot map as this node knows it, each group's leader as fresh as
     /// this node's own view of it.
     fn slot_map_reply(&self) -> Result<v1::SlotMap, Status> {
@@ -254,5 +277,12 @@ impl Leasehold for Api {
         _request: Request<v1::GetSlotMapRequest>,
     ) -> Result<Response<v1::SlotMap>, Status> {
         self.slot_map_reply().map(Response::new)
+    }
+
+    async fn get_node_digest(
+        &self,
+        _request: Request<v1::GetNodeDigestRequest>,
+    ) -> Result<Response<v1::NodeDigest>, Status> {
+        Ok(Response::new(self.node_digest()))
     }
 }
