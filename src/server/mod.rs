@@ -124,8 +124,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .tcp_nodelay(true)
         .layer(codec::OversizedLayer)
         .add_service(health)
-        .add_service(reflection_v1()?)
-        .add_service(reflection_v1alpha()?)
+        .add_service(reflection().build_v1().map_err(reflection_error)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
         .add_service(LeaseholdServer::new(api::Api::new(
             Arc::clone(&node),
             closing.clone(),
@@ -187,32 +187,16 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
-/// Server reflection of the public API and health; both versions, so that
-/// grpcurl and other tools of either age work.
-fn reflection_v1() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    ServerError,
-> {
+/// Server reflection of the public API and health, to build in both
+/// versions, so that grpcurl and other tools of either age work.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))
 }
 
-fn reflection_v1alpha() -> Result<
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-    ServerError,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))
+fn reflection_error(e: tonic_reflection::server::Error) -> ServerError {
+    ServerError::Config(format!("reflection: {e}"))
 }
 
 /// Resolves once `closing` turns true (or its sender is gone).
