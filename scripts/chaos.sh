@@ -45,8 +45,11 @@ jepsen="$CARGO_TARGET_DIR/release/leasehold-jepsen"
 # checker's time bounds, which would blunt the others. Runs get one data
 # group per node, as `serve` does by default, except `linear`: six groups
 # on three nodes, so that faults also hit nodes leading several groups.
+# `leases` runs secured as in production (TLS on the client port, mutual
+# TLS between nodes, a token on every call); the others run --insecure on
+# their private network.
 runs=(
-    "leases --workload leases --nemesis partition,kill,pause,loss --time-limit 60 --seed 1"
+    "leases --workload leases --nemesis partition,kill,pause,loss --time-limit 60 --seed 1 --tls"
     "linear --workload linear --nemesis partition,kill,pause --time-limit 40 --seed 2 --groups 6"
     "throttle --workload throttle --nemesis partition,pause,loss --time-limit 30 --seed 3"
     "rate-limit --workload rate-limit --nemesis partition,kill,pause,loss --time-limit 30 --seed 5"

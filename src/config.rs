@@ -124,6 +124,23 @@ pub struct Config {
     /// parked waiting acquires not); one more is refused at once with
     /// RESOURCE_EXHAUSTED (`OVERLOADED`) instead of queueing.
     pub max_in_flight_calls: u32,
+    /// The client port's TLS certificate chain and key (PEM); without
+    /// them the client port speaks plaintext. See [`crate::tls`].
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// When set, clients must also show a certificate signed by this CA.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The peer port's certificate, key and CA (PEM): with them, members
+    /// talk mutual TLS, and a caller whose certificate the CA did not sign
+    /// for a member's host is refused at the handshake.
+    pub peer_tls_cert_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Tokens and their rights (see [`crate::auth`]); without it, any
+    /// caller may make any call.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Run open (no TLS or no tokens) on addresses other than loopback.
+    pub insecure: bool,
     /// For chaos tests only: a file that skews this node's clock (see
     /// [`crate::server::clock`]). Never set in production.
     pub unsafe_test_clock: Option<PathBuf>,
@@ -162,6 +179,14 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             max_clock_offset_ms: 250,
             max_in_flight_calls: 16_384,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            peer_tls_ca_file: None,
+            auth_tokens_file: None,
+            insecure: false,
             unsafe_test_clock: None,
             unsafe_test_storage_faults: None,
         }
@@ -237,6 +262,7 @@ impl Config {
         check_host_port(&self.advertise_addr)
             .map_err(|reason| ConfigError::invalid("advertise_addr", reason))?;
         self.validate_listeners()?;
+        self.validate_security()?;
         self.validate_members()?;
         self.validate_numbers()
     }
@@ -260,6 +286,97 @@ impl Config {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Files that go together are given together, and a node reachable
+    /// from other hosts is protected unless told `insecure`.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            (
+                "tls_cert_file",
+                &self.tls_cert_file,
+                "tls_key_file",
+                &self.tls_key_file,
+            ),
+            (
+                "tls_key_file",
+                &self.tls_key_file,
+                "tls_cert_file",
+                &self.tls_cert_file,
+            ),
+            (
+                "tls_client_ca_file",
+                &self.tls_client_ca_file,
+                "tls_cert_file",
+                &self.tls_cert_file,
+            ),
+            (
+                "peer_tls_cert_file",
+                &self.peer_tls_cert_file,
+                "peer_tls_key_file",
+                &self.peer_tls_key_file,
+            ),
+            (
+                "peer_tls_key_file",
+                &self.peer_tls_key_file,
+                "peer_tls_ca_file",
+                &self.peer_tls_ca_file,
+            ),
+            (
+                "peer_tls_ca_file",
+                &self.peer_tls_ca_file,
+                "peer_tls_cert_file",
+                &self.peer_tls_cert_file,
+            ),
+        ];
+        for (field, value, needs, other) in pairs {
+            if value.is_some() && other.is_none() {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("is set, so {needs} must be too"),
+                ));
+            }
+        }
+        if self.insecure {
+            return Ok(());
+        }
+        let open = |what: &str| {
+            format!(
+                "is not a loopback address, so anyone who reaches it could {what}; \
+                 configure {{}} or pass --insecure (insecure = true) to run open"
+            )
+        };
+        if !self.grpc_addr.ip().is_loopback() {
+            let missing: Vec<&str> = [
+                (
+                    "tls_cert_file and tls_key_file",
+                    self.tls_cert_file.is_none(),
+                ),
+                ("auth_tokens_file", self.auth_tokens_file.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(what, missing)| missing.then_some(what))
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::invalid(
+                    "grpc_addr",
+                    format!("`{}` ", self.grpc_addr)
+                        + &open("read and change every key, in plaintext")
+                            .replace("{}", &missing.join(" and ")),
+                ));
+            }
+        }
+        if !self.peer_addr.ip().is_loopback() && self.peer_tls_cert_file.is_none() {
+            return Err(ConfigError::invalid(
+                "peer_addr",
+                format!("`{}` ", self.peer_addr)
+                    + &open("join the cluster's Raft groups and force elections").replace(
+                        "{}",
+                        "peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file (mutual TLS)",
+                    ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_members(&self) -> Result<(), ConfigError> {
@@ -434,6 +551,14 @@ impl Config {
             shutdown_grace_ms: pick!(shutdown_grace_ms),
             max_clock_offset_ms: pick!(max_clock_offset_ms),
             max_in_flight_calls: pick!(max_in_flight_calls),
+            tls_cert_file: args.tls_cert_file.or(file.tls_cert_file),
+            tls_key_file: args.tls_key_file.or(file.tls_key_file),
+            tls_client_ca_file: args.tls_client_ca_file.or(file.tls_client_ca_file),
+            peer_tls_cert_file: args.peer_tls_cert_file.or(file.peer_tls_cert_file),
+            peer_tls_key_file: args.peer_tls_key_file.or(file.peer_tls_key_file),
+            peer_tls_ca_file: args.peer_tls_ca_file.or(file.peer_tls_ca_file),
+            auth_tokens_file: args.auth_tokens_file.or(file.auth_tokens_file),
+            insecure: args.insecure || file.insecure.unwrap_or(false),
             unsafe_test_clock: args.unsafe_test_clock.or(file.unsafe_test_clock),
             unsafe_test_storage_faults: args
                 .unsafe_test_storage_faults
@@ -510,6 +635,30 @@ pub struct ServeArgs {
     /// Client calls served at once; one more is refused at once (RESOURCE_EXHAUSTED, OVERLOADED), 1..=1000000 [default: 16384]
     #[arg(long, env = "LEASEHOLD_MAX_IN_FLIGHT_CALLS", value_name = "N")]
     pub max_in_flight_calls: Option<u32>,
+    /// The client port's certificate chain (PEM); with --tls-key-file, clients must use TLS
+    #[arg(long, env = "LEASEHOLD_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client port certificate's private key (PEM)
+    #[arg(long, env = "LEASEHOLD_TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients must show a certificate this CA signed (PEM)
+    #[arg(long, env = "LEASEHOLD_TLS_CLIENT_CA_FILE", value_name = "PATH")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The peer port's certificate chain (PEM); with its key and CA, members talk mutual TLS
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_CERT_FILE", value_name = "PATH")]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// The peer port certificate's private key (PEM)
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_KEY_FILE", value_name = "PATH")]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// The CA that signs every member's peer certificate (PEM)
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_CA_FILE", value_name = "PATH")]
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Tokens file (TOML: roles, and tokens' SHA-256 with their roles); with it, every call needs a token with the right
+    #[arg(long, env = "LEASEHOLD_AUTH_TOKENS_FILE", value_name = "PATH")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Run without TLS or tokens on an address other than loopback: anyone who reaches the ports may do anything
+    #[arg(long, env = "LEASEHOLD_INSECURE")]
+    pub insecure: bool,
     /// FOR CHAOS TESTING ONLY: follow a clock file (offset_ms=N rate=R) that skews this node's clock
     #[arg(long, env = "LEASEHOLD_UNSAFE_TEST_CLOCK", value_name = "PATH")]
     pub unsafe_test_clock: Option<PathBuf>,
@@ -544,6 +693,14 @@ struct FileConfig {
     shutdown_grace_ms: Option<u64>,
     max_clock_offset_ms: Option<u64>,
     max_in_flight_calls: Option<u32>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    peer_tls_cert_file: Option<PathBuf>,
+    peer_tls_key_file: Option<PathBuf>,
+    peer_tls_ca_file: Option<PathBuf>,
+    auth_tokens_file: Option<PathBuf>,
+    insecure: Option<bool>,
     unsafe_test_clock: Option<PathBuf>,
     unsafe_test_storage_faults: Option<PathBuf>,
 }
@@ -1012,6 +1169,7 @@ mod tests {
     fn peer_addr_defaults_to_the_next_port_of_grpc_addr() {
         let args = ServeArgs {
             grpc_addr: Some("0.0.0.0:7070".parse().unwrap()),
+            insecure: true,
             ..ServeArgs::default()
         };
         let config = Config::layer(args, FileConfig::default()).unwrap();
@@ -1021,7 +1179,10 @@ mod tests {
             "127.0.0.1:7071".parse().unwrap()
         );
 
-        let config = Config::layer(ServeArgs::default(), file(r#"peer_addr = "0.0.0.0:9000""#));
+        let config = Config::layer(
+            ServeArgs::default(),
+            file("peer_addr = \"0.0.0.0:9000\"\ninsecure = true"),
+        );
         assert_eq!(config.unwrap().peer_addr, "0.0.0.0:9000".parse().unwrap());
         let args = ServeArgs {
             peer_addr: Some("127.0.0.1:9100".parse().unwrap()),
@@ -1032,11 +1193,91 @@ mod tests {
     }
 
     #[test]
+    fn off_loopback_a_node_refuses_to_run_open_unless_told_insecure() {
+        let public = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config {
+                grpc_addr: "0.0.0.0:7070".parse().unwrap(),
+                peer_addr: "127.0.0.1:7071".parse().unwrap(),
+                ..Config::default()
+            };
+            f(&mut c);
+            c
+        };
+        let message = error_of(&public(&|_| {}));
+        assert!(
+            message.starts_with("grpc_addr: `0.0.0.0:7070` is not a loopback address")
+                && message
+                    .contains("configure tls_cert_file and tls_key_file and auth_tokens_file")
+                && message.contains("--insecure"),
+            "{message}"
+        );
+        let tls = |c: &mut Config| {
+            c.tls_cert_file = Some("cert.pem".into());
+            c.tls_key_file = Some("key.pem".into());
+        };
+        let message = error_of(&public(&tls));
+        assert!(
+            message.contains("configure auth_tokens_file or"),
+            "{message}"
+        );
+        let secured = public(&|c| {
+            tls(c);
+            c.auth_tokens_file = Some("tokens.toml".into());
+        });
+        assert!(secured.validate().is_ok());
+        assert!(public(&|c| c.insecure = true).validate().is_ok());
+
+        let open_peers = Config {
+            peer_addr: "0.0.0.0:7071".parse().unwrap(),
+            ..Config::default()
+        };
+        let message = error_of(&open_peers);
+        assert!(
+            message.starts_with("peer_addr: `0.0.0.0:7071` is not a loopback address")
+                && message.contains("peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file"),
+            "{message}"
+        );
+        let peer_tls = Config {
+            peer_tls_cert_file: Some("p.pem".into()),
+            peer_tls_key_file: Some("p-key.pem".into()),
+            peer_tls_ca_file: Some("ca.pem".into()),
+            ..open_peers
+        };
+        assert!(peer_tls.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_files_that_go_together_are_given_together() {
+        for (set, field, needs) in [
+            (0, "tls_cert_file", "tls_key_file"),
+            (1, "tls_key_file", "tls_cert_file"),
+            (2, "tls_client_ca_file", "tls_cert_file"),
+            (3, "peer_tls_cert_file", "peer_tls_key_file"),
+            (5, "peer_tls_ca_file", "peer_tls_cert_file"),
+        ] {
+            let mut c = Config::default();
+            let path = Some(PathBuf::from("x.pem"));
+            match set {
+                0 => c.tls_cert_file = path,
+                1 => c.tls_key_file = path,
+                2 => c.tls_client_ca_file = path,
+                3 => c.peer_tls_cert_file = path,
+                _ => c.peer_tls_ca_file = path,
+            }
+            assert_eq!(
+                error_of(&c),
+                format!("{field}: is set, so {needs} must be too")
+            );
+        }
+    }
+
+    #[test]
     fn lone_node_is_at_its_advertised_host_for_peers_too() {
         let args = ServeArgs {
             grpc_addr: Some("0.0.0.0:7070".parse().unwrap()),
             peer_addr: Some("0.0.0.0:9000".parse().unwrap()),
             advertise_addr: Some("lh.example:7070".into()),
+            insecure: true,
             ..ServeArgs::default()
         };
         let config = Config::layer(args, FileConfig::default()).unwrap();

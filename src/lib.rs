@@ -30,7 +30,11 @@
 //!   call id (the Raft transport and the client's session).
 //! - [`config`]: the server's configuration from flags, environment and a
 //!   TOML file, validated.
+//! - [`tls`]: TLS for both ports and for callers, certificates re-read
+//!   when their files change.
+//! - [`auth`]: bearer tokens and their rights per scope prefix.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod convert;
@@ -41,4 +45,5 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod slot;
+pub mod tls;
 pub mod wire;

@@ -40,7 +40,13 @@ enum Command {
     /// Run a local cluster of `serve` processes on 127.0.0.1, for development
     Cluster(ClusterArgs),
     #[command(flatten)]
-    Client(cli::Command),
+    Client(Box<cli::Command>),
+    /// Make a development CA and certificates signed by it
+    #[command(subcommand)]
+    Cert(cli::creds::CertCommand),
+    /// Make bearer tokens for a tokens file
+    #[command(subcommand)]
+    Token(cli::creds::TokenCommand),
 }
 
 #[derive(Args)]
@@ -78,7 +84,9 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Cluster(args) => cluster(args),
-        Command::Client(command) => cli::run(command),
+        Command::Client(command) => cli::run(*command),
+        Command::Cert(command) => cli::creds::cert(command),
+        Command::Token(command) => cli::creds::token(command),
     }
 }
 

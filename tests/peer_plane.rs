@@ -1,6 +1,8 @@
 //! The two gRPC planes on real nodes: the client port serves the public
 //! API (with health and reflection) and never the node-to-node API; the
-//! peer port serves the node-to-node API alone. Members listed with
+//! peer port serves the node-to-node API and the public calls members
+//! forward to a leader, and nothing else (no health, no reflection).
+//! Members listed with
 //! explicit peer addresses (the harness never puts a peer port at client
 //! port + 1) elect, replicate and forward; clients only ever hear of
 //! client addresses.
@@ -58,11 +60,23 @@ async fn client_port_does_not_serve_the_peer_api() {
         });
         assert!(clock.into_inner().wall_ms > 0);
 
+        // Forwarded calls arrive on the peer port.
         let mut public_on_peer_port =
             LeaseholdClient::new(channel(cluster.peer_addr(id), RPC_TIMEOUT));
+        let map = public_on_peer_port.get_slot_map(GetSlotMapRequest {}).await;
+        let map = map.unwrap_or_else(|s| {
+            panic!("expected node {id}'s peer port to take the calls members forward: {s}")
+        });
+        assert_eq!(map.get_ref().slot_count, 1024);
+        let mut health_on_peer_port = tonic_health::pb::health_client::HealthClient::new(channel(
+            cluster.peer_addr(id),
+            RPC_TIMEOUT,
+        ));
         expect_unimplemented(
-            public_on_peer_port.get_slot_map(GetSlotMapRequest {}).await,
-            &format!("Leasehold.GetSlotMap on node {id}'s peer port"),
+            health_on_peer_port
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await,
+            &format!("gRPC health on node {id}'s peer port"),
         );
         let digest = cluster
             .client(id)
@@ -150,7 +164,7 @@ async fn client_port_reflection_describes_no_peer_api() {
 
 /// Peer ports that are not client port + 1, given as `ID=client/peer`:
 /// the cluster elects and replicates over them, forwards a call made to a
-/// follower to the leader's client port, and names client addresses in
+/// follower to the leader's peer port, and names client addresses in
 /// its slot map and its NOT_LEADER hints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_peer_addresses_replicate_while_clients_see_client_addresses() {

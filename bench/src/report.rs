@@ -151,6 +151,7 @@ pub fn markdown(input: &ReportInput) -> String {
     }
     matrix_tables(&mut md, r);
     ratio_table(&mut md, r);
+    security_table(&mut md, r);
     budget_table(&mut md, r);
     open_table(&mut md, r);
     clients_table(&mut md, r);
@@ -292,6 +293,55 @@ fn ratio_table(md: &mut String, r: &Results) {
             })
             .collect();
         let _ = writeln!(md, "| {workload} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(md);
+}
+
+/// What TLS on both ports and a token on every call cost: the secured
+/// cluster's median against the open one's, per workload.
+fn security_table(md: &mut String, r: &Results) {
+    let rows: Vec<(Workload, &RunResult, &RunResult)> = WORKLOADS
+        .into_iter()
+        .filter_map(|w| {
+            Some((
+                w,
+                median(r, TargetKind::LeaseholdTls, w)?,
+                median(r, TargetKind::Leasehold, w)?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Security's cost: leasehold-tls / leasehold\n\n\
+         The same three-node cluster with TLS on the client port (rustls, ring), mutual \
+         TLS between nodes, and a bearer token checked on every call, against it open. \
+         Throughput ratio (below 1: the secured cluster is slower), server CPU per cycle \
+         ratio (above 1: it spends more), and p99 latency of each.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | throughput | server CPU per cycle | acquire p99 ms, open → secured |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
+    for (workload, secured, open) in rows {
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.3}×", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {workload} | {} | {} | {:.2} → {:.2} |",
+            ratio(secured.throughput_per_s, open.throughput_per_s),
+            ratio(secured.server_cpu_us_per_op, open.server_cpu_us_per_op),
+            open.acquire.p99_us as f64 / 1000.0,
+            secured.acquire.p99_us as f64 / 1000.0,
+        );
     }
     let _ = writeln!(md);
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use leasehold::client::{bearer, with_token, ClientConfig};
 use leasehold::proto::v1;
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
 use leasehold::proto::v1::{GetNodeDigestRequest, GroupDigest};
@@ -114,8 +115,9 @@ pub async fn status(args: StatusArgs) -> Result<Report, Status> {
     let mut probes = tokio::task::JoinSet::new();
     for node in map.nodes.clone() {
         let timeout = args.connect.timeout();
+        let config = args.connect.config();
         probes.spawn(async move {
-            let digest = digest(&node.grpc_address, timeout).await;
+            let digest = digest(&node.grpc_address, &config, timeout).await;
             NodeView { node, digest }
         });
     }
@@ -124,13 +126,29 @@ pub async fn status(args: StatusArgs) -> Result<Report, Status> {
     Ok(status_report(map.epoch, &views))
 }
 
-async fn digest(address: &str, timeout: Duration) -> Result<Vec<GroupDigest>, Status> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?
+async fn digest(
+    address: &str,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<Vec<GroupDigest>, Status> {
+    let (scheme, tls) = match &config.tls {
+        Some(tls) => ("https", Some(tls.tonic_config()?)),
+        None => ("http", None),
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Status::invalid_argument(format!("tls: {e}")))?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT.min(timeout))
         .connect_lazy();
     let mut request = tonic::Request::new(GetNodeDigestRequest {});
     request.set_timeout(timeout);
+    let token = config.token.as_deref().map(bearer).transpose()?;
+    with_token(&mut request, token.as_ref());
     let reply = LeaseholdClient::new(channel)
         .get_node_digest(request)
         .await?;

@@ -6,22 +6,25 @@
 //! - [`keys`]: inspect, set-capacity, adjust-capacity.
 //! - [`admin`]: pause, resume, pin, unpin, reset.
 //! - [`cluster`]: slots, status.
+//! - [`creds`]: cert (a development CA), token (bearer tokens).
 //! - [`spec`]: constraint flags (`jobs=10`) parsed by clap.
 //! - [`render`], [`table`]: output shared by the commands.
 
 mod admin;
 mod cluster;
+pub mod creds;
 mod keys;
 mod lease;
 mod render;
 mod spec;
 mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use leasehold::client::{Client, ClientConfig};
+use leasehold::client::{Client, ClientConfig, ClientTls};
 use leasehold::proto::v1::KeyAction;
 use leasehold::wire::error_detail;
 use serde_json::{json, Value};
@@ -64,15 +67,47 @@ pub struct Connect {
     /// Deadline of each call, retries across leader changes included
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+    /// Bearer token, for nodes that ask for one
+    #[arg(
+        long,
+        env = "LEASEHOLD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Speak TLS, trusting the nodes' certificates this CA signed (PEM)
+    #[arg(long, env = "LEASEHOLD_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for nodes that ask for one; with --tls-key
+    #[arg(long, env = "LEASEHOLD_TLS_CERT", value_name = "PATH", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(
+        long,
+        env = "LEASEHOLD_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 impl Connect {
-    async fn client(&self) -> Result<Client, Status> {
+    fn config(&self) -> ClientConfig {
         let timeout = Duration::from_millis(self.timeout_ms);
         let mut config = ClientConfig::new(self.nodes.clone());
         config.call_timeout = timeout;
         config.attempt_timeout = config.attempt_timeout.min(timeout);
-        Client::connect(config).await
+        config.token = self.token.clone();
+        config.tls = self.tls_ca.as_ref().map(|ca| ClientTls {
+            ca_file: ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            domain: None,
+        });
+        config
+    }
+
+    async fn client(&self) -> Result<Client, Status> {
+        Client::connect(self.config()).await
     }
 
     fn timeout(&self) -> Duration {

@@ -58,8 +58,8 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 pub use lease::{Lease, LeaseLost};
+pub use route::{bearer, with_token, SessionChannel, Streamable, Token};
 use route::{Conn, Router};
-pub use route::{SessionChannel, Streamable};
 
 use crate::proto::v1::{self, constraint};
 
@@ -88,6 +88,42 @@ pub struct ClientConfig {
     /// per node rather than as a unary RPC each: the same semantics for
     /// less CPU on both ends.
     pub streaming: bool,
+    /// TLS to the nodes' client ports; `None`: plaintext.
+    pub tls: Option<ClientTls>,
+    /// The bearer token every call carries, for nodes that ask for one.
+    pub token: Option<String>,
+}
+
+/// How the client speaks TLS: whom it trusts, and what it shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA (PEM) that signed the nodes' certificates.
+    pub ca_file: std::path::PathBuf,
+    /// A client certificate and its key (PEM), for nodes that ask for one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the nodes' certificates must be valid for; by default the
+    /// host each node is dialled at.
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    pub fn new(ca_file: impl Into<std::path::PathBuf>) -> ClientTls {
+        ClientTls {
+            ca_file: ca_file.into(),
+            identity: None,
+            domain: None,
+        }
+    }
+
+    /// The settings as tonic takes them, read from the files.
+    pub fn tonic_config(&self) -> Result<tonic::transport::ClientTlsConfig, Status> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        crate::tls::client_config(&self.ca_file, identity, self.domain.as_deref())
+            .map_err(|e| Status::invalid_argument(format!("tls: {e}")))
+    }
 }
 
 impl ClientConfig {
@@ -101,6 +137,8 @@ impl ClientConfig {
             drift_floor: Duration::from_millis(5),
             max_clock_offset: Duration::from_millis(250),
             streaming: true,
+            tls: None,
+            token: None,
         }
     }
 }
@@ -264,6 +302,12 @@ impl Client {
                 "seeds: at least one node address is needed",
             ));
         }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(ClientTls::tonic_config)
+            .transpose()?;
+        let token = config.token.as_deref().map(route::bearer).transpose()?;
         let instance = instance_id();
         let client = Client {
             inner: Arc::new(Inner {
@@ -271,6 +315,8 @@ impl Client {
                     config.seeds.clone(),
                     config.attempt_timeout,
                     config.streaming,
+                    tls,
+                    token,
                 ),
                 in_flight: Semaphore::new(config.max_in_flight.max(1)),
                 seq: AtomicU64::new(0),

@@ -77,12 +77,16 @@ pub struct SessionChannel {
 }
 
 impl SessionChannel {
-    pub fn new(channel: Channel) -> SessionChannel {
+    /// Sessions over `channel`, each opened with `token` (see
+    /// [`bearer`]) when given: its calls act as the token's holder.
+    pub fn new(channel: Channel, token: Option<Token>) -> SessionChannel {
         let client = LeaseholdClient::new(channel);
         SessionChannel {
             mux: Mux::new(move |calls| {
                 let mut client = client.clone();
-                Box::pin(async move { Ok(client.session(calls).await?.into_inner()) })
+                let mut request = tonic::Request::new(calls);
+                with_token(&mut request, token.as_ref());
+                Box::pin(async move { Ok(client.session(request).await?.into_inner()) })
             }),
         }
     }
@@ -127,10 +131,30 @@ impl SessionChannel {
     }
 }
 
+/// A bearer token as call metadata.
+pub type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// `token` as the `authorization` metadata value, `Bearer <token>`.
+pub fn bearer(token: &str) -> Result<Token, Status> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("token: must be printable ASCII"))
+}
+
+/// Adds `token`, if any, to `request`'s metadata.
+pub fn with_token<T>(request: &mut tonic::Request<T>, token: Option<&Token>) {
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert(crate::auth::AUTHORIZATION, token.clone());
+    }
+}
+
 /// Where one attempt goes: a node's channel and, if the client streams,
-/// its session; with the attempt's deadline and map epoch.
+/// its session; with the attempt's deadline, map epoch and token.
 pub struct Conn {
     channel: Channel,
+    token: Option<Token>,
     session: Option<Arc<SessionChannel>>,
     timeout: Duration,
     epoch: u64,
@@ -146,6 +170,7 @@ impl Conn {
             crate::wire::EPOCH_HEADER,
             tonic::metadata::MetadataValue::from(self.epoch),
         );
+        with_token(&mut request, self.token.as_ref());
         (LeaseholdClient::new(self.channel.clone()), request)
     }
 
@@ -214,6 +239,9 @@ struct GroupRoute {
 
 pub struct Router {
     seeds: Vec<String>,
+    /// TLS to every node; `None`: plaintext.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    token: Option<Token>,
     attempt_timeout: Duration,
     /// Whether calls that can go over a node's session stream do.
     streaming: bool,
@@ -223,9 +251,17 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(seeds: Vec<String>, attempt_timeout: Duration, streaming: bool) -> Router {
+    pub fn new(
+        seeds: Vec<String>,
+        attempt_timeout: Duration,
+        streaming: bool,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        token: Option<Token>,
+    ) -> Router {
         Router {
             seeds,
+            tls,
+            token,
             attempt_timeout,
             streaming,
             map: Mutex::new(Map::default()),
@@ -239,7 +275,7 @@ impl Router {
         let mut sessions = self.sessions.lock().expect("session table");
         let session = sessions
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(SessionChannel::new(channel.clone())));
+            .or_insert_with(|| Arc::new(SessionChannel::new(channel.clone(), self.token.clone())));
         Arc::clone(session)
     }
 
@@ -248,8 +284,15 @@ impl Router {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("node address {addr}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("node address {addr}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::invalid_argument(format!("tls: {e}")))?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             // A node gone silent (paused, cut off) breaks the connection
@@ -278,6 +321,7 @@ impl Router {
             let mut client = LeaseholdClient::new(self.channel(&addr)?);
             let mut request = tonic::Request::new(GetSlotMapRequest {});
             request.set_timeout(self.attempt_timeout);
+            with_token(&mut request, self.token.as_ref());
             match client.get_slot_map(request).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();
@@ -387,6 +431,7 @@ impl Router {
         let conn = Conn {
             session: self.streaming.then(|| self.session(&addr, &channel)),
             channel,
+            token: self.token.clone(),
             timeout: remaining.min(self.attempt_timeout + wait),
             epoch,
         };

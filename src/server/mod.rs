@@ -10,6 +10,8 @@
 //!   forwarding, linearizable reads; served on the client port with gRPC
 //!   health and reflection.
 //! - [`turns`]: whose turn it is among waiting acquires (fair queues).
+//! - [`security`]: TLS on both ports and tokens, from the configuration,
+//!   re-read when their files change.
 //! - [`http`]: Prometheus `/metrics`, `/ready`, `/health`.
 //! - [`clock`]: the wall clock leaders stamp commands with.
 //! - [`clock_sync`]: whether that clock agrees with the other members' enough to stamp.
@@ -23,6 +25,7 @@ pub mod http;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod security;
 pub mod turns;
 
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub enum ServerError {
     Metrics(String),
     #[error("grpc: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Security(#[from] security::SecurityError),
 }
 
 /// Exit status of a node that met a storage fault (sysexits' `EX_IOERR`):
@@ -102,7 +107,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let peer = bind("peer_addr", config.peer_addr).await?;
     let http = bind("http_addr", config.http_addr).await?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let node = Node::open(config, Some(Box::new(exit_on_storage_fault)))?;
+    let security = Arc::new(security::Security::load(&config)?);
+    let node = Node::open(
+        config,
+        security.peer_dial.clone(),
+        Some(Box::new(exit_on_storage_fault)),
+    )?;
     tracing::info!(
         node = node.id,
         grpc = %node.config.grpc_addr,
@@ -110,8 +120,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         http = %node.config.http_addr,
         data_dir = %node.config.data_dir.display(),
         members = node.config.members.len(),
+        client_tls = security.client_tls.is_some(),
+        peer_tls = security.peer_tls.is_some(),
+        tokens = security.auth.is_some(),
         "starting"
     );
+    if node.config.insecure {
+        tracing::warn!(
+            "insecure: the ports may be open to anyone who reaches them (no TLS or no tokens)"
+        );
+    }
 
     tokio::spawn(http::serve(http, Arc::clone(&node), prometheus.clone()));
     tokio::spawn(gauges(Arc::clone(&node), prometheus));
@@ -120,17 +138,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Turns true when the servers stop: open streams end, so the graceful
     // shutdown does not wait on them, and the listeners close.
     let (stop, closing) = watch::channel(false);
+    let api = api::Api::new(Arc::clone(&node), closing.clone(), security.auth.clone());
     let client_port = Server::builder()
         .tcp_nodelay(true)
         .layer(codec::OversizedLayer)
         .add_service(health)
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
-        .add_service(LeaseholdServer::new(api::Api::new(
-            Arc::clone(&node),
-            closing.clone(),
-        )))
-        .serve_with_incoming_shutdown(tokio_stream_listener(grpc), stopped(closing.clone()));
+        .add_service(LeaseholdServer::new(api.clone()));
+    // The peer port also takes the calls members forward to a leader.
     let peer_port = Server::builder()
         .tcp_nodelay(true)
         .layer(codec::OversizedLayer)
@@ -138,8 +154,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Arc::clone(&node),
             closing.clone(),
         )))
-        .serve_with_incoming_shutdown(tokio_stream_listener(peer), stopped(closing));
-    let servers = (tokio::spawn(client_port), tokio::spawn(peer_port));
+        .add_service(LeaseholdServer::new(api.for_members()));
+    let servers = (
+        serve_port(
+            client_port,
+            grpc,
+            security.client_tls.clone(),
+            closing.clone(),
+        ),
+        serve_port(peer_port, peer, security.peer_tls.clone(), closing),
+    );
+    tokio::spawn(Arc::clone(&security).reload_forever());
     tokio::spawn(Arc::clone(&node).watch_clock());
 
     let mut term =
@@ -220,6 +245,28 @@ async fn stop_early(node: &Arc<Node>) -> Result<(), ServerError> {
     node.stop_groups().await;
     node.flush();
     Ok(())
+}
+
+type Port = tonic::transport::server::Router<
+    tower_layer::Stack<codec::OversizedLayer, tower_layer::Identity>,
+>;
+
+/// Serves `port` on `listener`, over TLS when `tls` is given, until
+/// `closing` turns true.
+fn serve_port(
+    port: Port,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    closing: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        Some(tls) => tokio::spawn(
+            port.serve_with_incoming_shutdown(crate::tls::accept(listener, tls), stopped(closing)),
+        ),
+        None => tokio::spawn(
+            port.serve_with_incoming_shutdown(tokio_stream_listener(listener), stopped(closing)),
+        ),
+    }
 }
 
 /// Accepted connections, with Nagle's algorithm off: a reply must not wait

@@ -30,7 +30,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::Member;
 use crate::mux::{Mux, MuxError, Tagged};
@@ -45,9 +45,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The pause before retrying a peer that could not be reached.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Where each member listens, and one lazily connected channel per
-/// address dialled: peer ports for the node-to-node API, client ports for
-/// forwarded requests. Channels reconnect by themselves after a failure.
+/// Where each member listens, and one lazily connected channel per peer
+/// port dialled, for the node-to-node API and for forwarded requests.
+/// Channels reconnect by themselves after a failure.
 #[derive(Default)]
 pub struct Peers {
     /// The configured members by node id. They, not the addresses a
@@ -56,12 +56,15 @@ pub struct Peers {
     members: BTreeMap<NodeId, Member>,
     channels: Mutex<HashMap<String, Channel>>,
     links: Mutex<HashMap<String, Arc<RaftLink>>>,
+    /// Mutual TLS to every peer port; `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
-    pub fn new(members: &[Member]) -> Peers {
+    pub fn new(members: &[Member], tls: Option<ClientTlsConfig>) -> Peers {
         Peers {
             members: members.iter().map(|m| (m.node_id, m.clone())).collect(),
+            tls,
             ..Peers::default()
         }
     }
@@ -83,7 +86,12 @@ impl Peers {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let ch = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

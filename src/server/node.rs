@@ -56,7 +56,13 @@ pub enum Readiness {
 impl Node {
     /// Opens the node's database; `on_fault` runs on its first storage
     /// fault (the server's exits the process).
-    pub fn open(config: Config, on_fault: Option<FaultHandler>) -> Result<Arc<Node>, ServerError> {
+    /// Opens the node's database. `peer_dial` is how it dials its peers'
+    /// ports: `None` in plaintext.
+    pub fn open(
+        config: Config,
+        peer_dial: Option<tonic::transport::ClientTlsConfig>,
+        on_fault: Option<FaultHandler>,
+    ) -> Result<Arc<Node>, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ServerError::Storage(format!("data_dir {}: {e}", config.data_dir.display()))
         })?;
@@ -81,7 +87,7 @@ impl Node {
         Ok(Arc::new(Node {
             id: config.node_id,
             clock: Arc::new(clock),
-            peers: Arc::new(Peers::new(&config.members)),
+            peers: Arc::new(Peers::new(&config.members, peer_dial)),
             config,
             db,
             groups: RwLock::new(HashMap::new()),
@@ -600,7 +606,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         };
-        let node = Node::open(config, None).unwrap();
+        let node = Node::open(config, None, None).unwrap();
         assert_eq!(node.readiness(), Readiness::Starting);
         node.ready.store(true, Ordering::Release);
         assert!(node.is_ready());

@@ -85,6 +85,8 @@ pub struct ClusterConfig {
     /// Whether each node follows a test clock file (`--unsafe-test-clock`)
     /// that [`Cluster::step_clock`] writes.
     pub test_clocks: bool,
+    /// Further `serve` flags, the same for every node.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -99,6 +101,7 @@ impl Default for ClusterConfig {
             max_in_flight_calls: None,
             storage_faults: false,
             test_clocks: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -272,6 +275,7 @@ impl Cluster {
             let path = self.node(id).clock_path().display().to_string();
             args.extend(["--unsafe-test-clock".to_string(), path]);
         }
+        args.extend(self.config.extra_args.iter().cloned());
         args
     }
 
@@ -404,6 +408,11 @@ impl Cluster {
         assert!(self.node(id).paused, "expected node {id} to be paused");
         self.signal(id, "CONT");
         self.node_mut(id).paused = false;
+    }
+
+    /// Asks node `id` to re-read its certificates and tokens (SIGHUP).
+    pub fn hangup(&self, id: u64) {
+        self.signal(id, "HUP");
     }
 
     fn signal(&self, id: u64, signal: &str) {

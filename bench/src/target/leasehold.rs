@@ -99,12 +99,93 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// What secures a cluster started with [`Cluster::start_secure`]: a CA in
+/// the scratch directory, one certificate for every node's two ports, and
+/// one token with every right.
+struct Secure {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    tokens: PathBuf,
+    token: String,
+}
+
+impl Secure {
+    /// Makes the CA, certificate and token with `leasehold cert` and
+    /// `leasehold token`.
+    fn make(bin: &Path, dir: &Path) -> Result<Secure> {
+        let dir_arg = dir.display().to_string();
+        let run = |args: &[&str]| -> Result<String> {
+            let out = Command::new(bin).args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "leasehold {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        run(&["cert", "ca", "--dir", &dir_arg])?;
+        run(&[
+            "cert",
+            "issue",
+            "--dir",
+            &dir_arg,
+            "--name",
+            "node",
+            "--host",
+            "127.0.0.1",
+        ])?;
+        let tokens = dir.join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            "[roles.all]\ngrants = [{ prefix = \"\", rights = [\"lease\", \"inspect\", \"capacity\", \"admin\", \"cluster\"] }]\n",
+        )?;
+        let tokens_arg = tokens.display().to_string();
+        let token = run(&[
+            "token",
+            "new",
+            "--name",
+            "bench",
+            "--role",
+            "all",
+            "--append",
+            &tokens_arg,
+        ])?;
+        Ok(Secure {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+            tokens,
+            token: token.trim().to_string(),
+        })
+    }
+
+    fn serve_args(&self, command: &mut Command) {
+        command
+            .arg("--tls-cert-file")
+            .arg(&self.cert)
+            .arg("--tls-key-file")
+            .arg(&self.key)
+            .arg("--peer-tls-cert-file")
+            .arg(&self.cert)
+            .arg("--peer-tls-key-file")
+            .arg(&self.key)
+            .arg("--peer-tls-ca-file")
+            .arg(&self.ca)
+            .arg("--auth-tokens-file")
+            .arg(&self.tokens);
+    }
+}
+
 /// A local cluster: one `serve` process per node, data and logs in a
 /// scratch directory.
 pub struct Cluster {
     bin: PathBuf,
     members: String,
     layout: Layout,
+    /// TLS on both ports and tokens, when started secure.
+    secure: Option<Secure>,
     pub nodes: Vec<Node>,
     /// Whether the client sends calls over session streams (the default)
     /// or as unary RPCs.
@@ -117,7 +198,21 @@ impl Cluster {
     /// Starts `count` nodes with `layout`, replication factor 3, and waits
     /// until every node is ready.
     pub fn start(bin: &Path, count: u64, layout: Layout) -> Result<Cluster> {
+        Cluster::start_with(bin, count, layout, false)
+    }
+
+    /// As [`Cluster::start`], with TLS on the client port, mutual TLS
+    /// between nodes and a token on every call.
+    pub fn start_secure(bin: &Path, count: u64, layout: Layout) -> Result<Cluster> {
+        Cluster::start_with(bin, count, layout, true)
+    }
+
+    fn start_with(bin: &Path, count: u64, layout: Layout, secure: bool) -> Result<Cluster> {
         let scratch = Scratch::new("leasehold")?;
+        let secure = match secure {
+            true => Some(Secure::make(bin, scratch.path())?),
+            false => None,
+        };
         let ports = procs::free_ports(3 * count as usize)?;
         let nodes: Vec<Node> = (0..count as usize)
             .map(|i| Node {
@@ -138,6 +233,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             members,
             layout,
+            secure,
             nodes,
             streaming: true,
             scratch,
@@ -161,11 +257,14 @@ impl Cluster {
     fn spawn(&mut self, node_id: u64) -> Result<()> {
         let (bin, members, layout) = (self.bin.clone(), self.members.clone(), self.layout);
         let log = self.scratch.path().join(format!("node-{node_id}.log"));
+        let mut command = Command::new(&bin);
+        command.arg("serve");
+        if let Some(secure) = &self.secure {
+            secure.serve_args(&mut command);
+        }
         let node = self.node(node_id);
         std::fs::create_dir_all(&node.data_dir)?;
-        let mut command = Command::new(&bin);
         command
-            .arg("serve")
             .args(["--node-id", &node_id.to_string()])
             .args(["--grpc-addr", &node.grpc.to_string()])
             .args(["--peer-addr", &node.peer.to_string()])
@@ -257,6 +356,10 @@ impl Cluster {
         config.attempt_timeout = Duration::from_secs(5);
         config.max_in_flight = 1 << 20;
         config.streaming = self.streaming;
+        if let Some(secure) = &self.secure {
+            config.tls = Some(leasehold::client::ClientTls::new(&secure.ca));
+            config.token = Some(secure.token.clone());
+        }
         Client::connect(config)
             .await
             .context("connecting to the Leasehold cluster")

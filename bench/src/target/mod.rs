@@ -20,6 +20,9 @@ use crate::spec::{Request, Rng};
 pub enum TargetKind {
     /// A local three-node Leasehold cluster, replication factor 3, fsync on.
     Leasehold,
+    /// The same cluster with TLS on the client port, mutual TLS between
+    /// nodes and a bearer token on every call.
+    LeaseholdTls,
     /// redis-server with AOF, appendfsync everysec.
     RedisEverysec,
     /// redis-server with AOF, appendfsync always.
@@ -28,8 +31,9 @@ pub enum TargetKind {
     Etcd,
 }
 
-pub const TARGETS: [TargetKind; 4] = [
+pub const TARGETS: [TargetKind; 5] = [
     TargetKind::Leasehold,
+    TargetKind::LeaseholdTls,
     TargetKind::RedisEverysec,
     TargetKind::RedisAlways,
     TargetKind::Etcd,
@@ -39,6 +43,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Leasehold => "leasehold",
+            TargetKind::LeaseholdTls => "leasehold-tls",
             TargetKind::RedisEverysec => "redis-everysec",
             TargetKind::RedisAlways => "redis-always",
             TargetKind::Etcd => "etcd",
@@ -74,6 +79,10 @@ impl Server {
         Ok(match kind {
             TargetKind::Leasehold => Server::Leasehold(
                 leasehold::Cluster::start(&bins.leasehold, leasehold::NODES, layout)?,
+                None,
+            ),
+            TargetKind::LeaseholdTls => Server::Leasehold(
+                leasehold::Cluster::start_secure(&bins.leasehold, leasehold::NODES, layout)?,
                 None,
             ),
             TargetKind::RedisEverysec => Server::Redis(redis::Server::start(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold::client::{SessionChannel, Streamable};
+use leasehold::client::{bearer, with_token, SessionChannel, Streamable, Token};
 
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
 use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
@@ -18,7 +18,7 @@ use leasehold::wire::error_detail;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use super::cluster::Node;
+use super::cluster::{Creds, Node};
 use super::schedule::NodeId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -47,15 +47,30 @@ pub struct Clients {
     sessions: BTreeMap<NodeId, Arc<SessionChannel>>,
     /// Counts calls, to alternate between the two paths.
     turn: Arc<AtomicU64>,
+    /// The token every call carries on a cluster run with `--tls`.
+    token: Option<Token>,
 }
 
 impl Clients {
-    pub fn new(nodes: &[Node]) -> Clients {
+    /// Clients of `nodes`, over TLS with a token when `creds` are given.
+    pub fn new(nodes: &[Node], creds: Option<&Creds>) -> Clients {
+        let tls = creds.map(|c| {
+            leasehold::tls::client_config(&c.ca, None, None).expect("the run's CA is readable")
+        });
+        let token = creds.map(|c| bearer(&c.token).expect("a token is ASCII"));
         let channels = nodes
             .iter()
             .map(|node| {
-                let channel = Endpoint::from_shared(format!("http://{}", node.grpc_addr()))
-                    .expect("an IP address and port make a URI")
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let mut endpoint =
+                    Endpoint::from_shared(format!("{scheme}://{}", node.grpc_addr()))
+                        .expect("an IP address and port make a URI");
+                if let Some(tls) = &tls {
+                    endpoint = endpoint
+                        .tls_config(tls.clone())
+                        .expect("a TLS config tonic takes");
+                }
+                let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(KEEPALIVE)
@@ -67,13 +82,26 @@ impl Clients {
             .collect::<BTreeMap<_, _>>();
         let sessions = channels
             .iter()
-            .map(|(id, channel)| (*id, Arc::new(SessionChannel::new(channel.clone()))))
+            .map(|(id, channel)| {
+                let session = SessionChannel::new(channel.clone(), token.clone());
+                (*id, Arc::new(session))
+            })
             .collect();
         Clients {
             channels,
             sessions,
             turn: Arc::new(AtomicU64::new(0)),
+            token,
         }
+    }
+
+    /// A request carrying `timeout` as its gRPC deadline, and the run's
+    /// token if it has one.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        with_token(&mut request, self.token.as_ref());
+        request
     }
 
     /// Sends `message` to node `id` with `timeout` as its deadline: every
@@ -86,11 +114,15 @@ impl Clients {
     ) -> impl Future<Output = Result<Response<T::Reply>, Status>> + use<T> {
         let streamed = self.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1;
         let (client, session) = (self.to(id), Arc::clone(&self.sessions[&id]));
+        let token = self.token.clone();
         async move {
             let reply = if streamed {
                 session.call(message, timeout, 0).await
             } else {
-                T::unary(client, request(message, timeout)).await
+                let mut request = Request::new(message);
+                request.set_timeout(timeout);
+                with_token(&mut request, token.as_ref());
+                T::unary(client, request).await
             };
             reply.map(Response::new)
         }
@@ -111,7 +143,8 @@ impl Clients {
         for id in self.ids() {
             let answer = call(timeout, |t| {
                 let mut client = self.to(id);
-                async move { client.get_slot_map(request(GetSlotMapRequest {}, t)).await }
+                let request = self.request(GetSlotMapRequest {}, t);
+                async move { client.get_slot_map(request).await }
             })
             .await;
             if let Answer::Ok(map) = answer {
@@ -139,13 +172,6 @@ pub enum Answer<T> {
     Fail(String),
     /// Unknown whether it was applied: timeout, lost connection, no leader.
     Info,
-}
-
-/// A request carrying `timeout` as its gRPC deadline.
-pub fn request<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
 }
 
 /// Runs one call with `timeout` (given to `send` for the gRPC deadline)

@@ -45,6 +45,70 @@ pub struct ClusterSpec {
     /// Host directory under which node i keeps `n<i>/data`, `n<i>/clock`
     /// and, on the namespace backend, `n<i>/log`.
     pub dir: PathBuf,
+    /// TLS on both ports and tokens, made for the run by `leasehold cert`
+    /// and `leasehold token`; without it the nodes run `--insecure`.
+    pub tls: bool,
+}
+
+/// What a run with `--tls` made: the CA the harness trusts and the token
+/// it calls with. Every node has a copy of the CA, its certificate (valid
+/// for every node's address) and the tokens file in `n<i>/tls/`.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub ca: PathBuf,
+    pub token: String,
+}
+
+impl Creds {
+    /// Files every node reads, in `tls/` of its directory.
+    const FILES: [&'static str; 4] = ["ca.pem", "node.pem", "node-key.pem", "tokens.toml"];
+
+    async fn make(binary: &Path, dir: &Path, nodes: &[Node]) -> Result<Creds> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bin = binary.display().to_string();
+        let d = dir.display().to_string();
+        let hosts: Vec<String> = nodes.iter().map(|n| n.ip.to_string()).collect();
+        sh(&bin, &["cert", "ca", "--dir", &d]).await?;
+        sh(
+            &bin,
+            &[
+                "cert",
+                "issue",
+                "--dir",
+                &d,
+                "--name",
+                "node",
+                "--host",
+                &hosts.join(","),
+            ],
+        )
+        .await?;
+        let tokens = dir.join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            "[roles.harness]\ngrants = [{ prefix = \"\", rights = [\"lease\", \"inspect\", \"capacity\", \"admin\", \"cluster\"] }]\n",
+        )?;
+        let t = tokens.display().to_string();
+        let token = sh(
+            &bin,
+            &[
+                "token", "new", "--name", "harness", "--role", "harness", "--append", &t,
+            ],
+        )
+        .await?;
+        for node in nodes {
+            let theirs = node.dir.join("tls");
+            std::fs::create_dir_all(&theirs)?;
+            for file in Creds::FILES {
+                std::fs::copy(dir.join(file), theirs.join(file))
+                    .with_context(|| format!("copying {file} for n{}", node.id))?;
+            }
+        }
+        Ok(Creds {
+            ca: dir.join("ca.pem"),
+            token: token.trim().to_string(),
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +151,8 @@ enum Backend {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     backend: Backend,
+    /// The run's CA and token, with `--tls`.
+    pub creds: Option<Creds>,
 }
 
 impl Cluster {
@@ -129,7 +195,15 @@ impl Cluster {
             let _ = std::fs::remove_file(node.clock_file());
             let _ = std::fs::remove_file(node.storage_fault_file());
         }
-        let mut cluster = Cluster { nodes, backend };
+        let creds = match spec.tls {
+            true => Some(Creds::make(&spec.binary, &spec.dir.join("tls"), &nodes).await?),
+            false => None,
+        };
+        let mut cluster = Cluster {
+            nodes,
+            backend,
+            creds,
+        };
         let members = cluster.members();
         for node in cluster.nodes.clone() {
             let args = serve_args(&node, &members, spec, cluster.node_root(&node));
@@ -257,7 +331,7 @@ fn node_ip(subnet: [u8; 3], id: NodeId) -> Ipv4Addr {
 /// `serve` flags of one node; `root` is the node's host directory as the
 /// node sees it.
 fn serve_args(node: &Node, members: &str, spec: &ClusterSpec, root: PathBuf) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "serve".into(),
         format!("--node-id={}", node.id),
         format!("--grpc-addr=0.0.0.0:{GRPC_PORT}"),
@@ -273,7 +347,24 @@ fn serve_args(node: &Node, members: &str, spec: &ClusterSpec, root: PathBuf) -> 
             "--unsafe-test-storage-faults={}",
             root.join("storage-faults").display()
         ),
-    ]
+    ];
+    if spec.tls {
+        let tls = root.join("tls");
+        let file = |name: &str| tls.join(name).display().to_string();
+        args.extend([
+            format!("--tls-cert-file={}", file("node.pem")),
+            format!("--tls-key-file={}", file("node-key.pem")),
+            format!("--peer-tls-cert-file={}", file("node.pem")),
+            format!("--peer-tls-key-file={}", file("node-key.pem")),
+            format!("--peer-tls-ca-file={}", file("ca.pem")),
+            format!("--auth-tokens-file={}", file("tokens.toml")),
+        ]);
+    } else {
+        // A private network the run alone uses: the ports are open to the
+        // harness and its nemesis only.
+        args.push("--insecure".into());
+    }
+    args
 }
 
 /// Runs a command to completion; its stdout, or an error with its stderr.

@@ -97,6 +97,10 @@ pub struct Options {
     /// Print the fault schedule and exit
     #[arg(long)]
     pub dry_run: bool,
+    /// Secure the cluster as in production: TLS on the client port, mutual
+    /// TLS between nodes, and a token on every call of the harness
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// How a run ended.
@@ -150,6 +154,7 @@ pub async fn run(options: Options) -> Result<Ending> {
         slots: options.slots,
         binary,
         dir: out.join("nodes"),
+        tls: options.tls,
     };
     let mut cluster = Cluster::start(&spec, options.backend).await?;
     println!(
@@ -226,7 +231,7 @@ async fn drive(
     steps: &[Step],
     out: &Path,
 ) -> Result<Ending> {
-    let clients = Clients::new(&cluster.nodes);
+    let clients = Clients::new(&cluster.nodes, cluster.creds.as_ref());
     let map = phases::wait_ready(cluster, &clients)
         .await
         .context("the fresh cluster never became ready")?;

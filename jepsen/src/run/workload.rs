@@ -16,7 +16,7 @@ use leasehold::proto::v1::{
 use leasehold::slot::slot_of;
 use leasehold_jepsen::history::{self, Access, EventKind, Op, Phase, ThrottleKind, STALE_TOKEN};
 
-use super::client::{call, request, Answer, Clients};
+use super::client::{call, Answer, Clients};
 use super::recorder::Recorder;
 use super::resource::Resources;
 use super::rng::Rng;
@@ -390,7 +390,8 @@ impl Proc {
                 };
                 let answer = call_with(CALL_TIMEOUT, |t| {
                     let mut client = self.ctx.clients.to(node);
-                    async move { client.inspect(request(message, t)).await }
+                    let request = self.ctx.clients.request(message, t);
+                    async move { client.inspect(request).await }
                 })
                 .await;
                 complete(&mut op, answer, |op, reply| {

@@ -17,7 +17,9 @@ use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::node::Node;
+use super::security::Auth;
 use super::turns::Turns;
+use crate::auth::{Principal, Right};
 use crate::convert::{CheckArgs, InspectArgs};
 use crate::engine::{Applied, Command, Outcome};
 use crate::limits::{SESSION_IN_FLIGHT_MAX, WAITERS_MAX, WAITER_BYTES_MAX};
@@ -44,10 +46,14 @@ pub struct Api {
     waiter_bytes: Arc<Semaphore>,
     /// Whose turn it is to retry, per first constraint key with waiters.
     turns: Turns,
+    /// The tokens calls must carry; `None` where every call is allowed:
+    /// on a node without a tokens file, and on the peer port, where calls
+    /// were authorized by the member that forwards them.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Api {
-    pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>) -> Api {
+    pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>, auth: Option<Arc<Auth>>) -> Api {
         let calls = node.config.max_in_flight_calls as usize;
         Api {
             node,
@@ -56,6 +62,47 @@ impl Api {
             waiters: Arc::new(Semaphore::new(WAITERS_MAX)),
             waiter_bytes: Arc::new(Semaphore::new(WAITER_BYTES_MAX)),
             turns: Turns::default(),
+            auth,
+        }
+    }
+
+    /// The same service for calls other members forward: no token asked,
+    /// the same bounds and waiting turns.
+    pub fn for_members(&self) -> Api {
+        Api {
+            auth: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whom the call comes from: the session's caller when it came over a
+    /// session, else its own token's. `None` when no token is asked.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Option<Arc<Principal>>, Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        if let Some(principal) = request.extensions().get::<Arc<Principal>>() {
+            return Ok(Some(Arc::clone(principal)));
+        }
+        auth.authenticate(request.metadata()).map(Some)
+    }
+
+    /// Ok when the call's caller holds `right` on its scope: checked before
+    /// anything is routed, parked or proposed.
+    fn allow<C: route::Call>(&self, request: &Request<C>, right: Right) -> Result<(), Status> {
+        match self.principal(request)? {
+            Some(p) => p
+                .authorize(right, request.get_ref().scope(), C::NAME)
+                .inspect_err(|_| denied()),
+            None => Ok(()),
+        }
+    }
+
+    /// Ok when the call's caller holds the `cluster` right.
+    fn allow_cluster<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        match self.principal(request)? {
+            Some(p) => p.authorize_cluster(what).inspect_err(|_| denied()),
+            None => Ok(()),
         }
     }
 
@@ -135,6 +182,11 @@ impl Api {
     }
 }
 
+fn denied() {
+    metrics::counter!("leasehold_auth_refusals_total", "reason" => "permission_denied")
+        .increment(1);
+}
+
 /// An applied acquire as its reply, counted in the grant and denial metrics.
 fn acquire_reply(applied: Applied) -> Result<v1::AcquireResponse, Status> {
     count_outcome(&applied);
@@ -167,6 +219,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.allow(&request, Right::Lease)?;
         self.acquire_call(request).await
     }
 
@@ -174,6 +227,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
+        self.allow(&request, Right::Lease)?;
         self.mutate(request, Command::Extend).await
     }
 
@@ -181,6 +235,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.allow(&request, Right::Lease)?;
         self.mutate(request, Command::Release).await
     }
 
@@ -188,6 +243,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::CheckRequest>,
     ) -> Result<Response<v1::CheckResponse>, Status> {
+        self.allow(&request, Right::Lease)?;
         self.serve(request, |r| {
             let args = CheckArgs::try_from(r.clone())?;
             Ok(Exec::Read(Box::new(move |engine, now| {
@@ -208,6 +264,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::InspectRequest>,
     ) -> Result<Response<v1::InspectResponse>, Status> {
+        self.allow(&request, Right::Inspect)?;
         let turns = self.turns.clone();
         self.serve(request, move |r| {
             let args = InspectArgs::try_from(r.clone())?;
@@ -229,6 +286,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::AdminKeyRequest>,
     ) -> Result<Response<v1::AdminKeyResponse>, Status> {
+        self.allow(&request, Right::Admin)?;
         self.serve(request, |r| {
             let cmd = Command::Admin(r.clone().try_into()?);
             Self::write::<v1::AdminKeyRequest>(cmd, |a| a.try_into())
@@ -240,6 +298,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::SetCapacityRequest>,
     ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.allow(&request, Right::Capacity)?;
         self.mutate(request, Command::SetCapacity).await
     }
 
@@ -247,6 +306,7 @@ impl Leasehold for Api {
         &self,
         request: Request<v1::AdjustCapacityRequest>,
     ) -> Result<Response<v1::CapacityResponse>, Status> {
+        self.allow(&request, Right::Capacity)?;
         self.mutate(request, Command::AdjustCapacity).await
     }
 
@@ -256,6 +316,9 @@ impl Leasehold for Api {
         &self,
         request: Request<tonic::Streaming<v1::SessionCall>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // Each call of the session is authorized on its own, as the
+        // caller who opened it.
+        let principal = self.principal(&request)?;
         if self.node.is_stopping() {
             return Err(Status::unavailable("this node is stopping"));
         }
@@ -266,7 +329,8 @@ impl Leasehold for Api {
             SESSION_IN_FLIGHT_MAX,
             move |call| {
                 let api = api.clone();
-                async move { api.serve_session_call(call).await }
+                let principal = principal.clone();
+                async move { api.serve_session_call(call, principal).await }
             },
         );
         Ok(Response::new(replies))
@@ -274,15 +338,18 @@ impl Leasehold for Api {
 
     async fn get_slot_map(
         &self,
-        _request: Request<v1::GetSlotMapRequest>,
+        request: Request<v1::GetSlotMapRequest>,
     ) -> Result<Response<v1::SlotMap>, Status> {
+        // Any caller with a token may learn where to send its calls.
+        self.principal(&request)?;
         self.slot_map_reply().map(Response::new)
     }
 
     async fn get_node_digest(
         &self,
-        _request: Request<v1::GetNodeDigestRequest>,
+        request: Request<v1::GetNodeDigestRequest>,
     ) -> Result<Response<v1::NodeDigest>, Status> {
+        self.allow_cluster(&request, "GetNodeDigest")?;
         Ok(Response::new(self.node_digest()))
     }
 }

@@ -275,11 +275,11 @@ impl Api {
                         return Ok(Response::new(answer));
                     }
                 }
-                Target::Peer { leader, addr } if hops == 0 => {
+                Target::Peer { leader, .. } if hops == 0 => {
                     // A waiter re-routed after a leader change waits only
                     // what is left of its wait.
                     message.set_wait(wait_until.saturating_duration_since(Instant::now()));
-                    let forwarded = self.forward(&message, leader, &addr, hops, deadline).await;
+                    let forwarded = self.forward(&message, leader, hops, deadline).await;
                     if let Some(answer) = forwarded? {
                         return Ok(answer);
                     }
@@ -300,22 +300,28 @@ impl Api {
         }
     }
 
-    /// Relays `message` to the leader at `addr`, once: its answer, or
+    /// Relays `message` to `leader`'s peer port, once: its answer, or
     /// `None` when the peer cannot serve it (it lost leadership or is
     /// gone) and the caller should look for the leader again.
     async fn forward<C: Call>(
         &self,
         message: &C,
         leader: NodeId,
-        addr: &str,
         hops: u32,
         deadline: Deadline,
     ) -> Result<Option<Response<C::Reply>>, Status> {
+        // Over the peer port: there members take each other's calls as
+        // already authorized, and nobody else can reach it (mutual TLS).
+        let peer_addr = self
+            .node
+            .peers
+            .peer_addr(leader)
+            .ok_or_else(|| Status::unavailable(format!("node {leader} is not a member")))?;
         let channel = self
             .node
             .peers
-            .channel(addr)
-            .map_err(|e| Status::unavailable(format!("node {leader} at {addr}: {e}")))?;
+            .channel(peer_addr)
+            .map_err(|e| Status::unavailable(format!("node {leader} at {peer_addr}: {e}")))?;
         let mut forwarded = Request::new(message.clone());
         forwarded.metadata_mut().insert(
             wire::HOPS_HEADER,
