@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use criterion::{BatchSize, Criterion, Throughput};
 use leasehold::engine::{
     AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, MemStore, Outcome,
-    ReleaseRequest,
+    ReleaseRequest, Store,
 };
 
 /// Counts live heap bytes, for the memory figures.

@@ -40,7 +40,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::limits::DEDUP_WINDOW_MS_MAX;
+use crate::limits::{
+    DEDUP_WINDOW_MS_MAX, IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT, IDEMPOTENCY_RECORDS_PER_GROUP_MAX,
+    KEYS_PER_SCOPE_DEFAULT, KEYS_PER_SCOPE_MAX, LEASES_PER_SCOPE_DEFAULT, LEASES_PER_SCOPE_MAX,
+    WAITERS_MAX, WAITERS_PER_SCOPE_DEFAULT,
+};
 pub use crate::raft::NodeId;
 
 /// Bounds [`Config::validate`] enforces, inclusive.
@@ -52,6 +56,12 @@ pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 pub const HEARTBEAT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 pub const SNAPSHOT_INTERVAL_ENTRIES_RANGE: RangeInclusive<u64> = 10..=10_000_000;
 pub const DEDUP_WINDOW_MS_RANGE: RangeInclusive<u64> = 1..=DEDUP_WINDOW_MS_MAX;
+pub const MAX_LEASES_PER_SCOPE_RANGE: RangeInclusive<u64> = 1..=LEASES_PER_SCOPE_MAX;
+pub const MAX_KEYS_PER_SCOPE_RANGE: RangeInclusive<u64> = 1..=KEYS_PER_SCOPE_MAX;
+/// A scope's waiters are a share of the node's.
+pub const MAX_WAITERS_PER_SCOPE_RANGE: RangeInclusive<u32> = 1..=WAITERS_MAX as u32;
+pub const MAX_IDEMPOTENCY_RECORDS_PER_GROUP_RANGE: RangeInclusive<u64> =
+    1..=IDEMPOTENCY_RECORDS_PER_GROUP_MAX;
 pub const MAX_CLOCK_OFFSET_MS_RANGE: RangeInclusive<u64> = 1..=60_000;
 pub const MAX_BATCH_COMMANDS_RANGE: RangeInclusive<u32> = 1..=65_536;
 pub const SHUTDOWN_GRACE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
@@ -112,6 +122,19 @@ pub struct Config {
     pub snapshot_interval_entries: u64,
     /// How long an idempotency record outlives what it recorded.
     pub dedup_window_ms: u64,
+    /// Live leases one scope may hold; an acquire past it is refused with
+    /// RESOURCE_EXHAUSTED (`QUOTA_EXCEEDED`). This and the next two travel
+    /// in the log entries this node proposes as leader (see
+    /// [`crate::engine::Quotas`]), so replicas never disagree on them.
+    pub max_leases_per_scope: u64,
+    /// Constraint keys with state one scope may have; likewise.
+    pub max_keys_per_scope: u64,
+    /// Idempotency records one group keeps; past it new keyed calls are
+    /// refused (`QUOTA_EXCEEDED`) until older records leave the window.
+    pub max_idempotency_records_per_group: u64,
+    /// Acquires of one scope parked at once on this node (waiters park on
+    /// the leader); one more is refused (`QUOTA_EXCEEDED`).
+    pub max_waiters_per_scope: u32,
     /// Most client commands batched into one Raft entry.
     pub max_batch_commands: u32,
     /// How long shutdown waits for in-flight work.
@@ -175,6 +198,10 @@ impl Default for Config {
             heartbeat_interval_ms: 100,
             snapshot_interval_entries: 10_000,
             dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
+            max_leases_per_scope: LEASES_PER_SCOPE_DEFAULT,
+            max_keys_per_scope: KEYS_PER_SCOPE_DEFAULT,
+            max_idempotency_records_per_group: IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT,
+            max_waiters_per_scope: WAITERS_PER_SCOPE_DEFAULT,
             max_batch_commands: 512,
             shutdown_grace_ms: 10_000,
             max_clock_offset_ms: 250,
@@ -470,6 +497,7 @@ impl Config {
             self.dedup_window_ms,
             DEDUP_WINDOW_MS_RANGE,
         )?;
+        self.validate_quotas()?;
         check(
             "max_batch_commands",
             self.max_batch_commands,
@@ -490,6 +518,38 @@ impl Config {
             self.max_in_flight_calls,
             MAX_IN_FLIGHT_CALLS_RANGE,
         )
+    }
+
+    fn validate_quotas(&self) -> Result<(), ConfigError> {
+        check(
+            "max_leases_per_scope",
+            self.max_leases_per_scope,
+            MAX_LEASES_PER_SCOPE_RANGE,
+        )?;
+        check(
+            "max_keys_per_scope",
+            self.max_keys_per_scope,
+            MAX_KEYS_PER_SCOPE_RANGE,
+        )?;
+        check(
+            "max_idempotency_records_per_group",
+            self.max_idempotency_records_per_group,
+            MAX_IDEMPOTENCY_RECORDS_PER_GROUP_RANGE,
+        )?;
+        check(
+            "max_waiters_per_scope",
+            self.max_waiters_per_scope,
+            MAX_WAITERS_PER_SCOPE_RANGE,
+        )
+    }
+
+    /// The quotas this node stamps into the entries it proposes.
+    pub fn quotas(&self) -> crate::engine::Quotas {
+        crate::engine::Quotas {
+            max_leases_per_scope: self.max_leases_per_scope,
+            max_keys_per_scope: self.max_keys_per_scope,
+            max_idempotency_records_per_group: self.max_idempotency_records_per_group,
+        }
     }
 
     /// Flags over file over defaults, then validation. Pure: clap has
@@ -547,6 +607,10 @@ impl Config {
             heartbeat_interval_ms: pick!(heartbeat_interval_ms),
             snapshot_interval_entries: pick!(snapshot_interval_entries),
             dedup_window_ms: pick!(dedup_window_ms),
+            max_leases_per_scope: pick!(max_leases_per_scope),
+            max_keys_per_scope: pick!(max_keys_per_scope),
+            max_idempotency_records_per_group: pick!(max_idempotency_records_per_group),
+            max_waiters_per_scope: pick!(max_waiters_per_scope),
             max_batch_commands: pick!(max_batch_commands),
             shutdown_grace_ms: pick!(shutdown_grace_ms),
             max_clock_offset_ms: pick!(max_clock_offset_ms),
@@ -623,6 +687,22 @@ pub struct ServeArgs {
     /// How long an idempotency record outlives what it recorded, 1..=604800000 [default: 600000]
     #[arg(long, env = "LEASEHOLD_DEDUP_WINDOW_MS", value_name = "MS")]
     pub dedup_window_ms: Option<u64>,
+    /// Live leases one scope may hold; one more acquire is refused (RESOURCE_EXHAUSTED, QUOTA_EXCEEDED), 1..=1000000000 [default: 1000000]
+    #[arg(long, env = "LEASEHOLD_MAX_LEASES_PER_SCOPE", value_name = "N")]
+    pub max_leases_per_scope: Option<u64>,
+    /// Constraint keys with state one scope may have; an acquire adding more is refused (QUOTA_EXCEEDED), 1..=1000000000 [default: 1000000]
+    #[arg(long, env = "LEASEHOLD_MAX_KEYS_PER_SCOPE", value_name = "N")]
+    pub max_keys_per_scope: Option<u64>,
+    /// Idempotency records one group keeps; past it new calls are refused (QUOTA_EXCEEDED) until older ones leave the dedup window, 1..=1000000000 [default: 10000000]
+    #[arg(
+        long,
+        env = "LEASEHOLD_MAX_IDEMPOTENCY_RECORDS_PER_GROUP",
+        value_name = "N"
+    )]
+    pub max_idempotency_records_per_group: Option<u64>,
+    /// Acquires of one scope waiting at once on this node; one more is refused (QUOTA_EXCEEDED), 1..=10000 [default: 2500]
+    #[arg(long, env = "LEASEHOLD_MAX_WAITERS_PER_SCOPE", value_name = "N")]
+    pub max_waiters_per_scope: Option<u32>,
     /// Most client commands per Raft entry, 1..=65536 [default: 512]
     #[arg(long, env = "LEASEHOLD_MAX_BATCH_COMMANDS", value_name = "N")]
     pub max_batch_commands: Option<u32>,
@@ -689,6 +769,10 @@ struct FileConfig {
     heartbeat_interval_ms: Option<u64>,
     snapshot_interval_entries: Option<u64>,
     dedup_window_ms: Option<u64>,
+    max_leases_per_scope: Option<u64>,
+    max_keys_per_scope: Option<u64>,
+    max_idempotency_records_per_group: Option<u64>,
+    max_waiters_per_scope: Option<u32>,
     max_batch_commands: Option<u32>,
     shutdown_grace_ms: Option<u64>,
     max_clock_offset_ms: Option<u64>,
@@ -926,7 +1010,7 @@ mod tests {
     #[test]
     fn each_bound_is_rejected_naming_its_field() {
         type Set = fn(&mut Config, u64);
-        let cases: [(&str, u64, u64, Set); 11] = [
+        let cases: [(&str, u64, u64, Set); 15] = [
             ("slots", 0, 65_537, |c, v| c.slots = v as u32),
             ("groups", 1025, 1025, |c, v| c.groups = v as u32),
             ("replication_factor", 0, 8, |c, v| {
@@ -946,6 +1030,27 @@ mod tests {
             ("dedup_window_ms", 0, DEDUP_WINDOW_MS_MAX + 1, |c, v| {
                 c.dedup_window_ms = v
             }),
+            (
+                "max_leases_per_scope",
+                0,
+                LEASES_PER_SCOPE_MAX + 1,
+                |c, v| c.max_leases_per_scope = v,
+            ),
+            ("max_keys_per_scope", 0, KEYS_PER_SCOPE_MAX + 1, |c, v| {
+                c.max_keys_per_scope = v
+            }),
+            (
+                "max_idempotency_records_per_group",
+                0,
+                IDEMPOTENCY_RECORDS_PER_GROUP_MAX + 1,
+                |c, v| c.max_idempotency_records_per_group = v,
+            ),
+            (
+                "max_waiters_per_scope",
+                0,
+                WAITERS_MAX as u64 + 1,
+                |c, v| c.max_waiters_per_scope = v as u32,
+            ),
             ("max_batch_commands", 0, 65_537, |c, v| {
                 c.max_batch_commands = v as u32
             }),

@@ -9,7 +9,7 @@
 
 use tonic::{Code, Status};
 
-use crate::engine::{self, Applied, EngineError, ErrorCode, Outcome};
+use crate::engine::{self, Applied, EngineError, ErrorCode, Outcome, Quota};
 use crate::proto::v1;
 use crate::wire::error_status;
 
@@ -468,6 +468,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
             Code::FailedPrecondition
         }
         ErrorCode::IdempotencyKeyReused => Code::AlreadyExists,
+        ErrorCode::QuotaExceeded => Code::ResourceExhausted,
     }
 }
 
@@ -479,6 +480,11 @@ fn error_field(err: &EngineError) -> &str {
         EngineError::MaxLifetimeExceeded { .. } => "ttl_ms",
         EngineError::IdempotencyKeyReused { .. } => "idempotency_key",
         EngineError::CapacityOutOfRange { .. } => "delta",
+        EngineError::QuotaExceeded { quota, .. } => match quota {
+            Quota::LeasesPerScope | Quota::KeysPerScope => "scope",
+            Quota::WaitersPerScope => "wait_ms",
+            Quota::IdempotencyRecordsPerGroup => "idempotency_key",
+        },
     }
 }
 
@@ -980,6 +986,30 @@ mod tests {
                 Code::FailedPrecondition,
                 "CAPACITY_OUT_OF_RANGE",
                 "delta",
+            ),
+            (
+                EngineError::QuotaExceeded {
+                    quota: Quota::LeasesPerScope,
+                    scope: "a/x".into(),
+                    held: 1000,
+                    adding: 1,
+                    bound: 1000,
+                },
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+                "scope",
+            ),
+            (
+                EngineError::QuotaExceeded {
+                    quota: Quota::IdempotencyRecordsPerGroup,
+                    scope: "a/x".into(),
+                    held: 10,
+                    adding: 1,
+                    bound: 10,
+                },
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+                "idempotency_key",
             ),
         ];
         for (err, code, code_str, field) in cases {

@@ -79,3 +79,39 @@ pub const WAITER_BYTES_MAX: usize = 32 << 20;
 /// What a parked acquire keeps besides its request: its task, its turn and
 /// channel, its timers.
 pub const WAITER_OVERHEAD_BYTES: usize = 1024;
+
+/// Default quota of live leases per scope (`max_leases_per_scope`). A
+/// lease with its holder entry, deadline and grant record keeps 510 to 610
+/// bytes of heap (measured by `tests/quotas.rs`), so one scope keeps at
+/// most about 600 MB of them: far beyond any workload we test or benchmark
+/// (the hot one holds 1,000), yet a bound on what one tenant can take.
+pub const LEASES_PER_SCOPE_DEFAULT: u64 = 1_000_000;
+
+/// Largest `max_leases_per_scope` a node takes.
+pub const LEASES_PER_SCOPE_MAX: u64 = 1_000_000_000;
+
+/// Default quota of constraint keys with state per scope
+/// (`max_keys_per_scope`): a concurrency key keeps 400 to 460 bytes of heap
+/// beyond its leases, so about 460 MB at the quota.
+pub const KEYS_PER_SCOPE_DEFAULT: u64 = 1_000_000;
+
+/// Largest `max_keys_per_scope` a node takes.
+pub const KEYS_PER_SCOPE_MAX: u64 = 1_000_000_000;
+
+/// Default quota of acquires parked per scope on one node
+/// (`max_waiters_per_scope`): a quarter of [`WAITERS_MAX`], so no one scope
+/// can fill a node's waiting room.
+pub const WAITERS_PER_SCOPE_DEFAULT: u32 = 2_500;
+
+/// Default bound on the idempotency records one group keeps
+/// (`max_idempotency_records_per_group`). A record (a denial's, a
+/// release's) keeps 190 to 250 bytes of heap with its deadline (measured by
+/// `tests/quotas.rs`), so about 2.5 GB per replica of a group at the bound.
+/// Records held are about the keyed call rate times the dedup window: with
+/// the default window this admits about 16,000 keyed calls per second per
+/// group, sustained. Benchmark runs (9 s on a fresh cluster) keep under a
+/// million per group.
+pub const IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT: u64 = 10_000_000;
+
+/// Largest `max_idempotency_records_per_group` a node takes.
+pub const IDEMPOTENCY_RECORDS_PER_GROUP_MAX: u64 = 1_000_000_000;

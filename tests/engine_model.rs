@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use leasehold::engine::{
     AcquireRequest, AdjustCapacityRequest, AdminAction, AdminRequest, Applied, Attempt, Command,
     Constraint, Denial, Engine, EngineConfig, EngineError, ErrorCode, ExtendRequest, Grant,
-    KeyAdmin, Kind, MemStore, Outcome, PurgeReport, ReleaseRequest, SetCapacityRequest, Usage,
+    KeyAdmin, Kind, MemStore, Outcome, PurgeReport, Quotas, ReleaseRequest, ScopeId,
+    SetCapacityRequest, Store, Usage,
 };
 use leasehold::limits::{CAPACITY_MAX, DEDUP_WINDOW_MS_MAX};
 use leasehold::slot::{lease_id, slot_of};
@@ -1402,6 +1403,80 @@ proptest! {
     #[test]
     fn replay_and_snapshot_are_deterministic(case in case(), split in any::<prop::sample::Index>()) {
         deterministic(&case, split)?;
+    }
+}
+
+/// Small quotas, so random logs run into every one of them.
+fn small_quotas() -> impl Strategy<Value = Quotas> {
+    (1u64..=4, 1u64..=6, 1u64..=24).prop_map(|(leases, keys, records)| Quotas {
+        max_leases_per_scope: leases,
+        max_keys_per_scope: keys,
+        max_idempotency_records_per_group: records,
+    })
+}
+
+/// Applies a log within `quotas`, checking after every command that the
+/// counts the store keeps are those its records give, that no scope holds
+/// more than its quotas, that the idempotency records pass their bound only
+/// by releases of live leases, and that a refusal changed nothing but what
+/// an `Expire` at its time would have.
+fn quotas_hold(case: &Case, quotas: Quotas) -> Result<(), TestCaseError> {
+    let log = build(case);
+    let mut e = engine();
+    let records_bound = quotas.max_idempotency_records_per_group;
+    let mut releases_past_bound = 0;
+    for (i, entry) in log.iter().enumerate() {
+        let before = e.clone();
+        let full = e.store().dedup_count() as u64 >= records_bound;
+        match e.apply_within(entry.stamp_ms, &quotas, &entry.cmd) {
+            Err(EngineError::QuotaExceeded { .. }) => {
+                let mut expired = before;
+                expired
+                    .apply(entry.stamp_ms, &Command::Expire { until_ms: u64::MAX })
+                    .expect("an expire applies");
+                prop_assert_eq!(
+                    e.store().encode(),
+                    expired.store().encode(),
+                    "refusal #{} changed the state; log:\n{}",
+                    i,
+                    show(&log[..=i])
+                );
+            }
+            Ok(Applied {
+                outcome: Outcome::Released { was_held: true, .. },
+                replayed: false,
+            }) if full => releases_past_bound += 1,
+            _ => {}
+        }
+        let recounted = MemStore::decode(&e.store().encode()).expect("decodes");
+        prop_assert_eq!(&recounted, e.store(), "counts after #{}", i);
+        for scope in SCOPES {
+            let usage = e.store().scope_usage(&ScopeId::new(scope));
+            prop_assert!(
+                usage.leases <= quotas.max_leases_per_scope
+                    && usage.keys <= quotas.max_keys_per_scope,
+                "{} holds {:?} past {:?} after #{}; log:\n{}",
+                scope,
+                usage,
+                quotas,
+                i,
+                show(&log[..=i])
+            );
+        }
+        prop_assert!(e.store().dedup_count() as u64 <= records_bound + releases_past_bound);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Quotas bound what every scope and the group hold, counted exactly
+    /// through grants, releases, expiry, resets and restores; a refused
+    /// command spends and records nothing.
+    #[test]
+    fn quotas_bound_the_state_and_refusals_change_nothing(case in case(), quotas in small_quotas()) {
+        quotas_hold(&case, quotas)?;
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use leasehold::engine::{
-    self, Command, Engine, EngineConfig, EngineError, MemStore, ReleaseRequest,
+    self, Command, Engine, EngineConfig, EngineError, MemStore, Quotas, ReleaseRequest,
 };
 use leasehold::limits::DEDUP_WINDOW_MS_MAX;
 use leasehold::proto::{peer, v1};
@@ -151,7 +151,17 @@ impl Reached {
 }
 
 fn apply(engine: &mut Engine<MemStore>, stamp_ms: u64, cmd: &Command, reached: &Reached) {
-    match engine.apply(stamp_ms, cmd) {
+    apply_within(engine, stamp_ms, &Quotas::NONE, cmd, reached);
+}
+
+fn apply_within(
+    engine: &mut Engine<MemStore>,
+    stamp_ms: u64,
+    quotas: &Quotas,
+    cmd: &Command,
+    reached: &Reached,
+) {
+    match engine.apply_within(stamp_ms, quotas, cmd) {
         Ok(_) => reached.applied.fetch_add(1, Ordering::Relaxed),
         Err(e) => {
             assert_names_its_field(&e);
@@ -397,6 +407,11 @@ fn engine_entry() -> Request {
     let acquire = engine::AcquireRequest::try_from(valid_acquire()).expect("a valid acquire");
     Request::Engine {
         stamp_ms: 1_000_000,
+        quotas: Quotas {
+            max_leases_per_scope: 1,
+            max_keys_per_scope: 1,
+            max_idempotency_records_per_group: 1,
+        },
         commands: Arc::from(vec![
             Command::Acquire(acquire),
             Command::Expire { until_ms: 999 },
@@ -428,10 +443,14 @@ fn raft_log_entries_decode_and_apply_without_panicking() {
     let reached = Reached::default();
     fuzz(inputs(seeds), |bytes| {
         match postcard::from_bytes::<Request>(&bytes) {
-            Ok(Request::Engine { stamp_ms, commands }) => {
+            Ok(Request::Engine {
+                stamp_ms,
+                quotas,
+                commands,
+            }) => {
                 let mut engine = engine();
                 for cmd in commands.iter() {
-                    apply(&mut engine, stamp_ms % (1 << 53), cmd, &reached);
+                    apply_within(&mut engine, stamp_ms % (1 << 53), &quotas, cmd, &reached);
                 }
             }
             Ok(Request::Meta(cmd)) => {

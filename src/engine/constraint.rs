@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::store::{KeyRecord, KeyState, WindowEntry};
+use super::store::{KeyRecord, KeyState, ScopeId, WindowEntry};
 use super::types::{Constraint, Holder, Usage};
 use crate::limits::{RATE_LIMIT_ENTRIES_MAX, RATE_LIMIT_SLOTS_PER_PERIOD};
 
@@ -244,8 +244,8 @@ impl View<'_> {
     }
 }
 
-/// A fresh record for a key that has none yet.
-pub(crate) fn new_record(c: &Constraint) -> KeyRecord {
+/// A fresh record for a key of `scope` that has none yet.
+pub(crate) fn new_record(scope: ScopeId, c: &Constraint) -> KeyRecord {
     let state = match *c {
         Constraint::Concurrency { limit, .. } => KeyState::Concurrency {
             used: 0,
@@ -275,6 +275,7 @@ pub(crate) fn new_record(c: &Constraint) -> KeyRecord {
         },
     };
     KeyRecord {
+        scope,
         state,
         holders: BTreeSet::new(),
         sweep_at_ms: None,

@@ -1,6 +1,6 @@
 //! Engine errors, each with a stable code that the API carries unchanged.
 
-use super::types::LeaseId;
+use super::types::{LeaseId, Quota};
 
 /// Stable, machine-readable error codes. The strings never change meaning;
 /// clients may match on them.
@@ -12,6 +12,7 @@ pub enum ErrorCode {
     MaxLifetimeExceeded,
     IdempotencyKeyReused,
     CapacityOutOfRange,
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -23,6 +24,7 @@ impl ErrorCode {
             ErrorCode::MaxLifetimeExceeded => "MAX_LIFETIME_EXCEEDED",
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorCode::CapacityOutOfRange => "CAPACITY_OUT_OF_RANGE",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 }
@@ -67,6 +69,40 @@ pub enum EngineError {
         delta: i64,
         max: u64,
     },
+
+    /// A quota leaves no room for what the call would add: `held` already,
+    /// `adding` more, at most `bound`. Nothing was applied, and nothing is
+    /// recorded under the idempotency key: a retry is a fresh attempt.
+    #[error("{}", quota_message(*quota, scope, *held, *adding, *bound))]
+    QuotaExceeded {
+        quota: Quota,
+        scope: String,
+        held: u64,
+        adding: u64,
+        bound: u64,
+    },
+}
+
+fn quota_message(quota: Quota, scope: &str, held: u64, adding: u64, bound: u64) -> String {
+    let setting = quota.setting();
+    match quota {
+        Quota::LeasesPerScope => format!(
+            "scope {scope:?} holds {held} live leases, its quota ({setting} = {bound}): \
+             retry when one ends"
+        ),
+        Quota::KeysPerScope => format!(
+            "scope {scope:?} holds {held} constraint keys with state and this call would \
+             add {adding}, past its quota ({setting} = {bound}): retry when keys go idle"
+        ),
+        Quota::WaitersPerScope => format!(
+            "scope {scope:?} has {held} acquires waiting on this node, its quota \
+             ({setting} = {bound}): retry later or without wait_ms"
+        ),
+        Quota::IdempotencyRecordsPerGroup => format!(
+            "the group of scope {scope:?} keeps {held} idempotency records, its bound \
+             ({setting} = {bound}): retry once older records leave the dedup window"
+        ),
+    }
 }
 
 impl EngineError {
@@ -78,6 +114,7 @@ impl EngineError {
             EngineError::MaxLifetimeExceeded { .. } => ErrorCode::MaxLifetimeExceeded,
             EngineError::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
             EngineError::CapacityOutOfRange { .. } => ErrorCode::CapacityOutOfRange,
+            EngineError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
         }
     }
 

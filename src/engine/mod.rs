@@ -9,6 +9,7 @@
 mod constraint;
 mod error;
 mod fingerprint;
+mod quota;
 mod store;
 mod types;
 pub mod validate;
@@ -19,7 +20,7 @@ mod tests;
 pub use error::{EngineError, ErrorCode};
 pub use store::{
     BlockingFigures, Deadline, DedupKey, DedupRecord, DenialUsage, GrantUsage, Hold, KeyId,
-    KeyRecord, KeyState, Lease, MemStore, Meta, Recorded, ScopeId, Store, UsageFigures,
+    KeyRecord, KeyState, Lease, MemStore, Meta, Recorded, ScopeId, ScopeUsage, Store, UsageFigures,
     WindowEntry,
 };
 pub use types::*;
@@ -92,12 +93,25 @@ impl<S: Store> Engine<S> {
         self.store.first_deadline().map(|(at, _)| at)
     }
 
-    /// Applies one command stamped at `stamp_ms`. A malformed command is
-    /// rejected before anything, even time, changes. Any other command
-    /// advances applied time, even one that then fails against state (a lost
-    /// lease, a reused idempotency key): every replica fails it the same way,
-    /// so the state machine persists its effect like any other.
+    /// Applies one command stamped at `stamp_ms`, under no quotas: for
+    /// tests and benchmarks. The state machine applies entries with
+    /// [`Engine::apply_within`] and the quotas their leader stamped.
     pub fn apply(&mut self, stamp_ms: u64, cmd: &Command) -> Result<Applied> {
+        self.apply_within(stamp_ms, &Quotas::NONE, cmd)
+    }
+
+    /// Applies one command stamped at `stamp_ms` within `quotas`. A
+    /// malformed command is rejected before anything, even time, changes.
+    /// Any other command advances applied time, even one that then fails
+    /// against state (a lost lease, a reused idempotency key, a full
+    /// quota): every replica fails it the same way, so the state machine
+    /// persists its effect like any other.
+    pub fn apply_within(
+        &mut self,
+        stamp_ms: u64,
+        quotas: &Quotas,
+        cmd: &Command,
+    ) -> Result<Applied> {
         validate::command(cmd)?;
         let now_ms = self.advance(stamp_ms);
         let dedup = match cmd.idempotency() {
@@ -107,6 +121,7 @@ impl<S: Store> Engine<S> {
                 if let Some(replay) = self.replay(key, fingerprint, cmd, idempotency_key, now_ms)? {
                     return Ok(replay);
                 }
+                self.admit_record(quotas, cmd, scope, now_ms)?;
                 Some((key, fingerprint))
             }
             None => None,
@@ -114,12 +129,15 @@ impl<S: Store> Engine<S> {
         let outcome = match cmd {
             Command::Acquire(r) => {
                 let (key, _) = dedup.expect("an acquire has an idempotency key");
-                self.acquire(r, key, now_ms)
+                self.acquire(r, key, quotas, now_ms)?
             }
             Command::Extend(r) => self.extend(r, now_ms)?,
             Command::Release(r) => self.release(r, now_ms)?,
-            Command::SetCapacity(r) => self.set_capacity(&r.scope, &r.key, r.capacity, now_ms),
-            Command::AdjustCapacity(r) => self.adjust_capacity(r, now_ms)?,
+            Command::SetCapacity(r) => {
+                self.admit_capacity(&r.scope, &r.key, r.capacity, quotas, now_ms)?;
+                self.set_capacity(&r.scope, &r.key, r.capacity, now_ms)
+            }
+            Command::AdjustCapacity(r) => self.adjust_capacity(r, quotas, now_ms)?,
             Command::Admin(r) => self.admin(r, now_ms),
             Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
         };
@@ -457,14 +475,24 @@ impl<S: Store> Engine<S> {
         governed
     }
 
-    /// `key` names the acquire's dedup record.
-    fn acquire(&mut self, r: &AcquireRequest, key: DedupKey, now_ms: u64) -> Outcome {
+    /// `key` names the acquire's dedup record. The constraints decide
+    /// first: a denial is the answer whatever the quotas; a grant must then
+    /// fit the scope's quotas.
+    fn acquire(
+        &mut self,
+        r: &AcquireRequest,
+        key: DedupKey,
+        quotas: &Quotas,
+        now_ms: u64,
+    ) -> Result<Outcome> {
         let ids = Self::key_ids(&r.scope, &r.constraints);
         let governed = self.govern(&ids, &r.constraints);
         let granted = match self.evaluate(&ids, &governed, r.amount, r.min_amount(), now_ms) {
             Evaluation::Grant(n) => n,
-            Evaluation::Deny(denial) => return Outcome::Denied(denial),
+            Evaluation::Deny(denial) => return Ok(Outcome::Denied(denial)),
         };
+        let scope = ScopeId::new(&r.scope);
+        self.admit_grant(&r.scope, scope, &ids, quotas, now_ms)?;
         let constraints = governed.constraints;
         let slot = self.slot_of(&r.scope);
         let seq = self.store.next_lease_seq(slot);
@@ -479,7 +507,7 @@ impl<S: Store> Engine<S> {
                 lease_id,
                 units: 0,
             };
-            let (units, u) = self.reserve(id, c, granted, holder, now_ms);
+            let (units, u) = self.reserve(scope, id, c, granted, holder, now_ms);
             if units > 0 {
                 holds.push(Hold { key: *id, units });
             }
@@ -498,7 +526,7 @@ impl<S: Store> Engine<S> {
         self.store.insert_lease(
             lease_id,
             Lease {
-                scope: ScopeId::new(&r.scope),
+                scope,
                 amount: granted,
                 holds,
                 granted_at_ms: now_ms,
@@ -509,14 +537,14 @@ impl<S: Store> Engine<S> {
         );
         self.store
             .insert_deadline(expires_at_ms, Deadline::Lease(lease_id));
-        Outcome::Granted(Grant {
+        Ok(Outcome::Granted(Grant {
             lease_id,
             fencing_token: lease_id,
             granted_amount: granted,
             granted_at_ms: now_ms,
             expires_at_ms,
             usage,
-        })
+        }))
     }
 
     /// Spends `amount` of `c` on key `id` for `holder`'s lease. Returns the
@@ -525,13 +553,16 @@ impl<S: Store> Engine<S> {
     /// the request's spending.
     fn reserve(
         &mut self,
+        scope: ScopeId,
         id: &KeyId,
         c: &Constraint,
         amount: u32,
         holder: Holder,
         now_ms: u64,
     ) -> (u64, Usage) {
-        let rec = self.store.key_or_insert(*id, || constraint::new_record(c));
+        let rec = self
+            .store
+            .key_or_insert(*id, || constraint::new_record(scope, c));
         let units = constraint::reserve(rec, c, amount, holder, now_ms);
         let usage = View {
             c,
@@ -683,7 +714,8 @@ impl<S: Store> Engine<S> {
                 key: key.to_string(),
                 weight: 1,
             };
-            self.store.insert_key(id, constraint::new_record(&c));
+            self.store
+                .insert_key(id, constraint::new_record(ScopeId::new(scope), &c));
         }
         let rec = self.store.key_mut(&id).expect("inserted above");
         match &mut rec.state {
@@ -709,7 +741,12 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    fn adjust_capacity(&mut self, r: &AdjustCapacityRequest, now_ms: u64) -> Result<Outcome> {
+    fn adjust_capacity(
+        &mut self,
+        r: &AdjustCapacityRequest,
+        quotas: &Quotas,
+        now_ms: u64,
+    ) -> Result<Outcome> {
         let current = self.capacity(&r.scope, &r.key);
         let max = crate::limits::CAPACITY_MAX;
         let next = i128::from(current) + i128::from(r.delta);
@@ -721,6 +758,7 @@ impl<S: Store> Engine<S> {
                 max,
             });
         }
+        self.admit_capacity(&r.scope, &r.key, next as u64, quotas, now_ms)?;
         Ok(self.set_capacity(&r.scope, &r.key, next as u64, now_ms))
     }
 

@@ -131,6 +131,9 @@ pub enum KeyState {
 /// the scavenger will look at it again (throttle and rate limit).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
+    /// The scope the key belongs to, which its id alone does not tell:
+    /// the store counts keys per scope by it.
+    pub scope: ScopeId,
     pub state: KeyState,
     /// Ordered by expiry, then lease id.
     pub holders: BTreeSet<Holder>,
@@ -267,6 +270,22 @@ pub struct UsageFigures {
     pub available: u64,
 }
 
+/// What one scope holds: what its quotas (see
+/// [`Quotas`](super::types::Quotas)) count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeUsage {
+    /// Lease records, live or expired but not yet scavenged.
+    pub leases: u64,
+    /// Constraint keys with state.
+    pub keys: u64,
+}
+
+impl ScopeUsage {
+    fn is_empty(&self) -> bool {
+        self.leases == 0 && self.keys == 0
+    }
+}
+
 /// Something the scavenger must look at when applied time reaches its instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Deadline {
@@ -299,6 +318,11 @@ pub trait Store {
     fn insert_lease(&mut self, id: LeaseId, lease: Lease);
     fn remove_lease(&mut self, id: LeaseId) -> Option<Lease>;
 
+    /// What `scope` holds now, in O(1): kept as records come and go.
+    fn scope_usage(&self, scope: &ScopeId) -> ScopeUsage;
+
+    /// Idempotency records kept.
+    fn dedup_count(&self) -> usize;
     fn dedup(&self, key: &DedupKey) -> Option<&DedupRecord>;
     fn dedup_mut(&mut self, key: &DedupKey) -> Option<&mut DedupRecord>;
     fn insert_dedup(&mut self, key: DedupKey, record: DedupRecord);
@@ -330,6 +354,9 @@ pub struct MemStore {
     dedup: HashMap<DedupKey, DedupRecord>,
     deadlines: Deadlines,
     admin: HashMap<KeyId, KeyAdmin>,
+    /// Per scope holding anything, what it holds: derived from `keys` and
+    /// `leases` (never encoded, rebuilt on decode), for O(1) quota checks.
+    scopes: HashMap<ScopeId, ScopeUsage>,
 }
 
 /// Deadlines by kind, which together order as `(instant, Deadline)`.
@@ -488,7 +515,7 @@ impl MemStore {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let c: Canonical = postcard::from_bytes(bytes)?;
-        Ok(Self {
+        let mut store = Self {
             meta: c.meta,
             lease_seqs: c.lease_seqs,
             keys: c.keys.into_iter().collect(),
@@ -496,7 +523,28 @@ impl MemStore {
             dedup: c.dedup.into_iter().collect(),
             deadlines: Deadlines::from_sorted(c.deadlines),
             admin: c.admin.into_iter().collect(),
-        })
+            scopes: HashMap::default(),
+        };
+        for rec in store.keys.values() {
+            store.scopes.entry(rec.scope).or_default().keys += 1;
+        }
+        for lease in store.leases.values() {
+            store.scopes.entry(lease.scope).or_default().leases += 1;
+        }
+        Ok(store)
+    }
+
+    /// Adds to what `scope` holds, forgetting a scope that then holds
+    /// nothing.
+    fn count(&mut self, scope: ScopeId, leases: i64, keys: i64) {
+        let usage = self.scopes.entry(scope).or_default();
+        usage.leases = (usage.leases.checked_add_signed(leases))
+            .expect("a scope's lease count covers the leases it holds");
+        usage.keys =
+            (usage.keys.checked_add_signed(keys)).expect("a scope's key count covers its keys");
+        if usage.is_empty() {
+            self.scopes.remove(&scope);
+        }
     }
 
     /// A 64-bit digest of [`MemStore::encode`], for comparing replicas.
@@ -510,10 +558,6 @@ impl MemStore {
 
     pub fn lease_count(&self) -> usize {
         self.leases.len()
-    }
-
-    pub fn dedup_count(&self) -> usize {
-        self.dedup.len()
     }
 
     /// Keys, leases, idempotency records and key settings: what
@@ -550,13 +594,26 @@ impl Store for MemStore {
         self.keys.get_mut(id)
     }
     fn insert_key(&mut self, id: KeyId, record: KeyRecord) {
-        self.keys.insert(id, record);
+        let scope = record.scope;
+        if let Some(old) = self.keys.insert(id, record) {
+            self.count(old.scope, 0, -1);
+        }
+        self.count(scope, 0, 1);
     }
     fn key_or_insert(&mut self, id: KeyId, new: impl FnOnce() -> KeyRecord) -> &mut KeyRecord {
-        self.keys.entry(id).or_insert_with(new)
+        match self.keys.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let record = new();
+                self.scopes.entry(record.scope).or_default().keys += 1;
+                e.insert(record)
+            }
+        }
     }
     fn remove_key(&mut self, id: &KeyId) -> Option<KeyRecord> {
-        self.keys.remove(id)
+        let record = self.keys.remove(id)?;
+        self.count(record.scope, 0, -1);
+        Some(record)
     }
 
     fn lease(&self, id: LeaseId) -> Option<&Lease> {
@@ -566,10 +623,24 @@ impl Store for MemStore {
         self.leases.get_mut(&id)
     }
     fn insert_lease(&mut self, id: LeaseId, lease: Lease) {
-        self.leases.insert(id, lease);
+        let scope = lease.scope;
+        if let Some(old) = self.leases.insert(id, lease) {
+            self.count(old.scope, -1, 0);
+        }
+        self.count(scope, 1, 0);
     }
     fn remove_lease(&mut self, id: LeaseId) -> Option<Lease> {
-        self.leases.remove(&id)
+        let lease = self.leases.remove(&id)?;
+        self.count(lease.scope, -1, 0);
+        Some(lease)
+    }
+
+    fn scope_usage(&self, scope: &ScopeId) -> ScopeUsage {
+        self.scopes.get(scope).copied().unwrap_or_default()
+    }
+
+    fn dedup_count(&self) -> usize {
+        self.dedup.len()
     }
 
     fn dedup(&self, key: &DedupKey) -> Option<&DedupRecord> {

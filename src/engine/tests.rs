@@ -212,9 +212,33 @@ fn write_error(out: &mut String, e: &EngineError) {
     let _ = writeln!(out, "error {}: {e}", e.code().as_str());
 }
 
-fn run_block(engine: &mut Engine<MemStore>, block: &Block) -> String {
+/// `quotas leases=N keys=N records=N`: the quotas later commands apply
+/// within, as a leader would stamp them; an omitted one is unbounded.
+fn set_quotas(quotas: &mut Quotas, a: &Args) -> String {
+    let bound = |k: &str| a.opt(k).unwrap_or(u64::MAX);
+    *quotas = Quotas {
+        max_leases_per_scope: bound("leases"),
+        max_keys_per_scope: bound("keys"),
+        max_idempotency_records_per_group: bound("records"),
+    };
+    let show = |v: u64| match v {
+        u64::MAX => "none".to_string(),
+        v => v.to_string(),
+    };
+    format!(
+        "quotas leases={} keys={} records={}\n",
+        show(quotas.max_leases_per_scope),
+        show(quotas.max_keys_per_scope),
+        show(quotas.max_idempotency_records_per_group)
+    )
+}
+
+fn run_block(engine: &mut Engine<MemStore>, quotas: &mut Quotas, block: &Block) -> String {
     let (name, map) = args(&block.header);
     let a = Args(map);
+    if name == "quotas" {
+        return set_quotas(quotas, &a);
+    }
     let at: u64 = a.opt("at").unwrap_or_else(|| engine.applied_ms());
     let constraints: Vec<Constraint> = block.input.iter().map(|l| constraint(l)).collect();
     let cmd = match name.as_str() {
@@ -274,7 +298,7 @@ fn run_block(engine: &mut Engine<MemStore>, block: &Block) -> String {
         _ => return run_read(engine, &name, &a, at, constraints),
     };
     let mut out = String::new();
-    match engine.apply(at, &cmd) {
+    match engine.apply_within(at, quotas, &cmd) {
         Ok(applied) => write_outcome(&mut out, &applied),
         Err(e) => write_error(&mut out, &e),
     }
@@ -334,6 +358,16 @@ fn run_read(
             }
             Err(e) => write_error(&mut out, &e),
         },
+        "usage" => {
+            let u = engine.store().scope_usage(&ScopeId::new(&a.scope()));
+            let _ = writeln!(
+                out,
+                "scope {} leases={} keys={}",
+                a.scope(),
+                u.leases,
+                u.keys
+            );
+        }
         "state" => {
             let s = engine.store();
             let _ = writeln!(
@@ -362,12 +396,13 @@ fn run_file(path: &Path) {
         slot_count: 1,
     };
     let mut engine = Engine::new(MemStore::new(), config);
+    let mut quotas = Quotas::NONE;
     let rewrite = std::env::var_os("LEASEHOLD_REWRITE").is_some();
     let mut rewritten = String::new();
     let mut failures = Vec::new();
     let mut cursor = 0;
     for block in &blocks {
-        let actual = run_block(&mut engine, block);
+        let actual = run_block(&mut engine, &mut quotas, block);
         if actual != block.expected {
             failures.push(format!(
                 "{}:{}: {}\n--- expected\n{}--- actual\n{}",

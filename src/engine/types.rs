@@ -232,6 +232,76 @@ impl Command {
     }
 }
 
+/// Bounds on what the replicated state may hold, which the leader stamps
+/// into every entry it proposes, beside its time (see
+/// `crate::raft::Request::Engine`).
+///
+/// They travel in the log, not in each replica's configuration, because
+/// the engine must decide alike on every replica: a bound read from a
+/// node's own settings could differ between replicas (during a rolling
+/// change, say) and split their states. Carried in the entry, a bound is
+/// whatever the leader that proposed it had configured, and every replica
+/// applies that. They are checked at apply time against counts the store
+/// keeps, in log order, so concurrent proposals batched into one entry or
+/// in flight together cannot overshoot: each sees the counts the previous
+/// ones left. (An admission check on the leader before proposing could
+/// not promise that.)
+///
+/// A bound lowered below what the state already holds refuses new growth
+/// until the state falls under it; nothing held is taken away, as with a
+/// constraint's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Live leases one scope may hold.
+    pub max_leases_per_scope: u64,
+    /// Constraint keys with state one scope may have.
+    pub max_keys_per_scope: u64,
+    /// Idempotency records the group may keep.
+    pub max_idempotency_records_per_group: u64,
+}
+
+impl Quotas {
+    /// No bounds: for tests and benchmarks that apply commands directly.
+    pub const NONE: Quotas = Quotas {
+        max_leases_per_scope: u64::MAX,
+        max_keys_per_scope: u64::MAX,
+        max_idempotency_records_per_group: u64::MAX,
+    };
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        use crate::limits::*;
+        Quotas {
+            max_leases_per_scope: LEASES_PER_SCOPE_DEFAULT,
+            max_keys_per_scope: KEYS_PER_SCOPE_DEFAULT,
+            max_idempotency_records_per_group: IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT,
+        }
+    }
+}
+
+/// Which quota refused a call (see [`Quotas`]; waiters are bounded per
+/// node, where they park).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Quota {
+    LeasesPerScope,
+    KeysPerScope,
+    WaitersPerScope,
+    IdempotencyRecordsPerGroup,
+}
+
+impl Quota {
+    /// The setting that sets it, as the configuration spells it.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Quota::LeasesPerScope => "max_leases_per_scope",
+            Quota::KeysPerScope => "max_keys_per_scope",
+            Quota::WaitersPerScope => "max_waiters_per_scope",
+            Quota::IdempotencyRecordsPerGroup => "max_idempotency_records_per_group",
+        }
+    }
+}
+
 /// The state of one constraint as a request saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

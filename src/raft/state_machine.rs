@@ -118,10 +118,14 @@ impl State {
         self.last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => Response::default(),
-            EntryPayload::Normal(Request::Engine { stamp_ms, commands }) => Response {
+            EntryPayload::Normal(Request::Engine {
+                stamp_ms,
+                quotas,
+                commands,
+            }) => Response {
                 results: commands
                     .iter()
-                    .map(|cmd| self.engine.apply(stamp_ms, cmd))
+                    .map(|cmd| self.engine.apply_within(stamp_ms, &quotas, cmd))
                     .collect(),
             },
             EntryPayload::Normal(Request::Meta(cmd)) => {

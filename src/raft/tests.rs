@@ -18,7 +18,7 @@ use super::types::{Entry, LogId, StorageError};
 use super::{GroupId, LogStore, RaftDb, Request, Response, StateMachine};
 use crate::engine::{
     AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, Kind, MemStore, Outcome,
-    ReleaseRequest,
+    Quotas, ReleaseRequest,
 };
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -45,6 +45,7 @@ fn normal(term: u64, index: u64, stamp_ms: u64, commands: Vec<Command>) -> Entry
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(Request::Engine {
             stamp_ms,
+            quotas: Quotas::default(),
             commands: commands.into(),
         }),
     }

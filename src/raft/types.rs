@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::meta::MetaCommand;
-use crate::engine::{Applied, Command, EngineError, LeaseId};
+use crate::engine::{Applied, Command, EngineError, LeaseId, Quota, Quotas};
 
 /// A Raft group on this node: a data group id, or the metadata group's id.
 pub type GroupId = u32;
@@ -42,6 +42,9 @@ pub enum Request {
     /// commands share one round of consensus.
     Engine {
         stamp_ms: u64,
+        /// The leader's quotas, which every replica applies the commands
+        /// within, as it applies them at the leader's time (see [`Quotas`]).
+        quotas: Quotas,
         /// Shared, so the log's in-memory tail, replication and apply hand
         /// an entry around without copying its commands.
         commands: Arc<[Command]>,
@@ -88,6 +91,13 @@ enum EngineErrorDef {
         capacity: u64,
         delta: i64,
         max: u64,
+    },
+    QuotaExceeded {
+        quota: Quota,
+        scope: String,
+        held: u64,
+        adding: u64,
+        bound: u64,
     },
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use super::clock_sync::ClockSync;
 use super::network::{GroupNetworkFactory, Peers};
 use super::ServerError;
-use crate::engine::{Applied, Command, EngineConfig, EngineError, Outcome};
+use crate::engine::{Applied, Command, EngineConfig, EngineError, Outcome, Quotas};
 use crate::raft::{
     EngineHandle, GroupId, LogStore, NodeId, RaftDb, Request, Response, StateMachine, TypeConfig,
 };
@@ -80,6 +80,8 @@ pub struct GroupOptions {
     pub node_id: NodeId,
     pub raft: Arc<openraft::Config>,
     pub engine: EngineConfig,
+    /// Stamped into every entry this node proposes as leader.
+    pub quotas: Quotas,
     pub max_batch: usize,
     pub clock: Arc<ClockSync>,
 }
@@ -144,6 +146,7 @@ impl Group {
             group.raft.clone(),
             rx,
             options.max_batch,
+            options.quotas,
             Arc::clone(&group.capacity_changed),
             Arc::clone(&options.clock),
         ));
@@ -352,11 +355,13 @@ async fn initialize(
 }
 
 /// Drains the proposal queue into Raft entries: one entry per batch of up
-/// to `max_batch` commands, at most [`MAX_IN_FLIGHT_BATCHES`] in flight.
+/// to `max_batch` commands, at most [`MAX_IN_FLIGHT_BATCHES`] in flight,
+/// each stamped with this leader's time and `quotas`.
 async fn propose_loop(
     raft: Raft<TypeConfig>,
     mut rx: mpsc::Receiver<Proposal>,
     max_batch: usize,
+    quotas: Quotas,
     capacity_changed: Arc<Notify>,
     clock: Arc<ClockSync>,
 ) {
@@ -395,6 +400,7 @@ async fn propose_loop(
         };
         let request = Request::Engine {
             stamp_ms,
+            quotas,
             commands: commands.into(),
         };
         let responder = match raft.client_write_ff(request).await {

@@ -117,6 +117,7 @@ impl Node {
                 dedup_window_ms: c.dedup_window_ms,
                 slot_count: c.slots,
             },
+            quotas: c.quotas(),
             max_batch: c.max_batch_commands as usize,
             clock: Arc::clone(&self.clock),
         })

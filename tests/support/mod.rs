@@ -78,6 +78,15 @@ pub struct ClusterConfig {
     pub snapshot_interval_entries: Option<u64>,
     /// Client calls a node serves at once (`--max-in-flight-calls`).
     pub max_in_flight_calls: Option<u64>,
+    /// How long idempotency records outlive what they recorded
+    /// (`--dedup-window-ms`).
+    pub dedup_window_ms: Option<u64>,
+    /// Quotas (`--max-leases-per-scope`, `--max-keys-per-scope`,
+    /// `--max-waiters-per-scope`, `--max-idempotency-records-per-group`).
+    pub max_leases_per_scope: Option<u64>,
+    pub max_keys_per_scope: Option<u64>,
+    pub max_waiters_per_scope: Option<u64>,
+    pub max_idempotency_records_per_group: Option<u64>,
     /// Each node follows its own storage fault file and records its WAL
     /// syncs (`--unsafe-test-storage-faults`); see
     /// [`Cluster::set_storage_faults`].
@@ -99,6 +108,11 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: None,
             snapshot_interval_entries: None,
             max_in_flight_calls: None,
+            dedup_window_ms: None,
+            max_leases_per_scope: None,
+            max_keys_per_scope: None,
+            max_waiters_per_scope: None,
+            max_idempotency_records_per_group: None,
             storage_faults: false,
             test_clocks: false,
             extra_args: Vec::new(),
@@ -261,6 +275,14 @@ impl Cluster {
                 self.config.snapshot_interval_entries,
             ),
             ("--max-in-flight-calls", self.config.max_in_flight_calls),
+            ("--dedup-window-ms", self.config.dedup_window_ms),
+            ("--max-leases-per-scope", self.config.max_leases_per_scope),
+            ("--max-keys-per-scope", self.config.max_keys_per_scope),
+            ("--max-waiters-per-scope", self.config.max_waiters_per_scope),
+            (
+                "--max-idempotency-records-per-group",
+                self.config.max_idempotency_records_per_group,
+            ),
         ];
         for (flag, value) in optional {
             if let Some(value) = value {

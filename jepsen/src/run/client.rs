@@ -31,13 +31,14 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(250);
 
 /// Error codes that say the call was not applied (or was a definite
 /// refusal): the op failed. Anything else may have been applied.
-const DEFINITE_CODES: [&str; 6] = [
+const DEFINITE_CODES: [&str; 7] = [
     "INVALID_ARGUMENT",
     "LEASE_NOT_FOUND",
     "LEASE_LOST",
     "MAX_LIFETIME_EXCEEDED",
     "IDEMPOTENCY_KEY_REUSED",
     "CAPACITY_OUT_OF_RANGE",
+    "QUOTA_EXCEEDED",
 ];
 
 /// One channel and one session stream per node, shared by every worker.

@@ -5,8 +5,10 @@
 //!   here or forward it (one hop at most).
 //! - [`waiting`]: acquires that wait for capacity on the leader, in turns.
 //! - [`session`]: many calls over one `Session` stream.
+//! - [`scope_waiters`]: the per-scope quota of parked acquires.
 
 mod route;
+mod scope_waiters;
 mod session;
 mod waiting;
 
@@ -34,6 +36,8 @@ const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct Api {
     node: Arc<Node>,
+    /// Parked acquires per scope (`max_waiters_per_scope`).
+    scope_waiters: scope_waiters::ScopeWaiters,
     /// Slots for client calls served at once on this node
     /// (`max_in_flight_calls`).
     calls: Arc<Semaphore>,
@@ -56,6 +60,7 @@ impl Api {
     pub fn new(node: Arc<Node>, closing: watch::Receiver<bool>, auth: Option<Arc<Auth>>) -> Api {
         let calls = node.config.max_in_flight_calls as usize;
         Api {
+            scope_waiters: scope_waiters::ScopeWaiters::new(node.config.max_waiters_per_scope),
             node,
             calls: Arc::new(Semaphore::new(calls)),
             closing,

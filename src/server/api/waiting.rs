@@ -145,6 +145,7 @@ impl Api {
             wait,
             call,
         } = parked;
+        let _scope_place = self.scope_waiters.park(&acquire.scope)?;
         let Ok(_slot) = Arc::clone(&self.waiters).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this node already holds {WAITERS_MAX} waiting acquires; retry later or \
