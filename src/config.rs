@@ -8,7 +8,8 @@
 //! A node listens on two gRPC ports. The client port (`grpc_addr`) serves
 //! the public API, health and reflection; the peer port (`peer_addr`)
 //! serves the node-to-node API (Raft, elections, slot map proposals, clock
-//! readings) and nothing else. `peer_addr` defaults to `grpc_addr`'s IP at
+//! readings) and the calls members forward to a group's leader, and
+//! nothing else. `peer_addr` defaults to `grpc_addr`'s IP at
 //! the next port up: `0.0.0.0:7070` listens for peers on `0.0.0.0:7071`.
 //!
 //! Members are a list of `"<node id>=<host>:<port>"` strings, in the file as
@@ -96,7 +97,8 @@ pub struct Config {
     pub node_id: NodeId,
     /// Where the client gRPC port (public API, health, reflection) listens.
     pub grpc_addr: SocketAddr,
-    /// Where the peer gRPC port (the node-to-node API only) listens.
+    /// Where the peer gRPC port (the node-to-node API and forwarded calls)
+    /// listens.
     pub peer_addr: SocketAddr,
     /// `host:port` that clients dial to reach this node.
     pub advertise_addr: String,
@@ -647,7 +649,7 @@ pub struct ServeArgs {
     /// Client gRPC listen address: public API, health, reflection [default: 127.0.0.1:7070]
     #[arg(long, env = "LEASEHOLD_GRPC_ADDR", value_name = "ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// Peer gRPC listen address: the node-to-node API only; reachable by members alone [default: --grpc-addr's IP, port + 1]
+    /// Peer gRPC listen address: the node-to-node API and calls forwarded to leaders; reachable by members alone [default: --grpc-addr's IP, port + 1]
     #[arg(long, env = "LEASEHOLD_PEER_ADDR", value_name = "ADDR")]
     pub peer_addr: Option<SocketAddr>,
     /// host:port clients dial [default: this node's client address in --members, else --grpc-addr]
