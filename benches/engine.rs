@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 
 use criterion::{BatchSize, Criterion, Throughput};
 use leasehold::engine::{
-    AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, MemStore, Outcome,
+    AcquireRequest, Attempt, Command, Constraint, Engine, EngineConfig, MemStore, Outcome, Quotas,
     ReleaseRequest, Store,
 };
 
@@ -48,6 +48,8 @@ const CYCLES_PER_MS: u64 = 100;
 
 struct Driver {
     engine: Engine<MemStore>,
+    /// No bounds on counts; the window the run asks for.
+    quotas: Quotas,
     cycle: u64,
     prepared: Cell<u64>,
 }
@@ -55,13 +57,11 @@ struct Driver {
 impl Driver {
     fn new(dedup_window_ms: u64) -> Self {
         Driver {
-            engine: Engine::new(
-                MemStore::new(),
-                EngineConfig {
-                    dedup_window_ms,
-                    ..EngineConfig::default()
-                },
-            ),
+            engine: Engine::new(MemStore::new(), EngineConfig::default()),
+            quotas: Quotas {
+                dedup_window_ms,
+                ..Quotas::NONE
+            },
             cycle: 0,
             prepared: Cell::new(0),
         }
@@ -97,7 +97,7 @@ impl Driver {
 
     fn apply(&mut self, cmd: &Command) -> Outcome {
         self.engine
-            .apply(self.now_ms(), cmd)
+            .apply_within(self.now_ms(), &self.quotas, cmd)
             .expect("valid")
             .outcome
     }

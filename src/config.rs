@@ -199,7 +199,7 @@ impl Default for Config {
             election_timeout_ms: 300,
             heartbeat_interval_ms: 100,
             snapshot_interval_entries: 10_000,
-            dedup_window_ms: crate::engine::EngineConfig::default().dedup_window_ms,
+            dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
             max_leases_per_scope: LEASES_PER_SCOPE_DEFAULT,
             max_keys_per_scope: KEYS_PER_SCOPE_DEFAULT,
             max_idempotency_records_per_group: IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT,
@@ -545,12 +545,14 @@ impl Config {
         )
     }
 
-    /// The quotas this node stamps into the entries it proposes.
+    /// The quotas and dedup window this node stamps into the entries it
+    /// proposes.
     pub fn quotas(&self) -> crate::engine::Quotas {
         crate::engine::Quotas {
             max_leases_per_scope: self.max_leases_per_scope,
             max_keys_per_scope: self.max_keys_per_scope,
             max_idempotency_records_per_group: self.max_idempotency_records_per_group,
+            dedup_window_ms: self.dedup_window_ms,
         }
     }
 

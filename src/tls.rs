@@ -345,6 +345,20 @@ pub fn accept(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// An endpoint for `addr` (host and port): `https` with `tls`, `http`
+/// without.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
+}
+
 /// The calling side's TLS settings for tonic: trust `ca`, show `identity`
 /// (certificate and key) when given, expect the server's certificate to be
 /// valid for `domain` (else for the host dialled).

@@ -29,14 +29,16 @@ const KINDS: [Kind; 4] = [
     Kind::Semaphore,
 ];
 
-/// Idempotency records outlive every test log (a few minutes of stamps), so
-/// the model never has to drop one.
 fn config() -> EngineConfig {
-    EngineConfig {
-        dedup_window_ms: DEDUP_WINDOW_MS_MAX,
-        slot_count: SLOTS,
-    }
+    EngineConfig { slot_count: SLOTS }
 }
+
+/// No bounds on counts, and idempotency records outlive every test log (a
+/// few minutes of stamps), so the model never has to drop one.
+const UNBOUNDED: Quotas = Quotas {
+    dedup_window_ms: DEDUP_WINDOW_MS_MAX,
+    ..Quotas::NONE
+};
 
 /// The model's slots: enough that its scopes land in different ones, so
 /// lease ids carry different slots and each slot counts its own grants.
@@ -1139,7 +1141,7 @@ fn differential(case: &Case) -> Result<(), TestCaseError> {
     let mut replay = Model::default();
     let mut e = engine();
     for (i, entry) in log.iter().enumerate() {
-        let got = seen(e.apply(entry.stamp_ms, &entry.cmd));
+        let got = seen(e.apply_within(entry.stamp_ms, &UNBOUNDED, &entry.cmd));
         prop_assert_eq!(
             &got,
             &entry.expected,
@@ -1175,7 +1177,7 @@ fn run(log: &[Entry]) -> (Engine<MemStore>, Vec<Seen>) {
     let mut e = engine();
     let outcomes = log
         .iter()
-        .map(|x| seen(e.apply(x.stamp_ms, &x.cmd)))
+        .map(|x| seen(e.apply_within(x.stamp_ms, &UNBOUNDED, &x.cmd)))
         .collect();
     (e, outcomes)
 }
@@ -1194,7 +1196,7 @@ fn usage_within_limits(case: &Case) -> Result<(), TestCaseError> {
     let concurrency = KINDS.iter().position(|k| *k == Kind::Concurrency).unwrap();
     let mut e = engine();
     for (i, entry) in log.iter().enumerate() {
-        let _ = e.apply(entry.stamp_ms, &entry.cmd);
+        let _ = e.apply_within(entry.stamp_ms, &UNBOUNDED, &entry.cmd);
         for scope in SCOPES {
             for (k, key) in KEYS.iter().enumerate() {
                 let limit = u64::from(case.params(concurrency, k).limit);
@@ -1324,7 +1326,7 @@ fn deterministic(case: &Case, split: prop::sample::Index) -> Result<(), TestCase
     let mut c = Engine::new(restored, config());
     let rest: Vec<Seen> = log[k..]
         .iter()
-        .map(|x| seen(c.apply(x.stamp_ms, &x.cmd)))
+        .map(|x| seen(c.apply_within(x.stamp_ms, &UNBOUNDED, &x.cmd)))
         .collect();
     prop_assert_eq!(&rest[..], &first[k..]);
     prop_assert_eq!(c.store().encode(), a.store().encode());
@@ -1342,7 +1344,7 @@ fn expire_invisible(case: &Case) -> Result<(), TestCaseError> {
             Command::Expire { .. } => Command::Expire { until_ms: 0 },
             ref c => c.clone(),
         };
-        let got = seen(e.apply(entry.stamp_ms, &cmd));
+        let got = seen(e.apply_within(entry.stamp_ms, &UNBOUNDED, &cmd));
         prop_assert_eq!(
             &got,
             &with[i],
@@ -1412,6 +1414,7 @@ fn small_quotas() -> impl Strategy<Value = Quotas> {
         max_leases_per_scope: leases,
         max_keys_per_scope: keys,
         max_idempotency_records_per_group: records,
+        dedup_window_ms: DEDUP_WINDOW_MS_MAX,
     })
 }
 
@@ -1432,7 +1435,11 @@ fn quotas_hold(case: &Case, quotas: Quotas) -> Result<(), TestCaseError> {
             Err(EngineError::QuotaExceeded { .. }) => {
                 let mut expired = before;
                 expired
-                    .apply(entry.stamp_ms, &Command::Expire { until_ms: u64::MAX })
+                    .apply_within(
+                        entry.stamp_ms,
+                        &quotas,
+                        &Command::Expire { until_ms: u64::MAX },
+                    )
                     .expect("an expire applies");
                 prop_assert_eq!(
                     e.store().encode(),
@@ -1515,7 +1522,7 @@ fn grants_of(cs: &[Constraint], arrivals: &Arrivals, most: u32) -> Vec<(u64, u64
             idempotency_key: format!("k{i}"),
             attempt: Attempt::Final,
         });
-        if let Outcome::Granted(g) = e.apply(stamp_ms, &cmd).unwrap().outcome {
+        if let Outcome::Granted(g) = e.apply_within(stamp_ms, &UNBOUNDED, &cmd).unwrap().outcome {
             out.push((g.granted_at_ms, u64::from(g.granted_amount), c));
         }
     }
@@ -1667,7 +1674,7 @@ fn first_lease_of(scope: &str) -> u64 {
 fn outcomes(log: &[(u64, Command)]) -> Vec<Seen> {
     let mut e = engine();
     log.iter()
-        .map(|(at, cmd)| seen(e.apply(*at, cmd)))
+        .map(|(at, cmd)| seen(e.apply_within(*at, &UNBOUNDED, cmd)))
         .collect()
 }
 

@@ -1,11 +1,12 @@
 //! Fuzzing of everything that decodes bytes from outside a node: the
 //! public requests (decoded, converted, validated and applied), the peer
-//! plane's messages (Raft RPCs, metadata proposals) and the Raft log's
-//! entries (decoded and applied to an engine or a slot map). Inputs are
-//! arbitrary bytes and valid encodings mutated byte by byte (flipped,
-//! inserted, deleted, cut short), which reach far deeper than random bytes
-//! alone. The property: nothing panics, and every refusal of a request
-//! names the field at fault.
+//! plane's messages (Raft RPCs, metadata proposals), the Raft log's
+//! entries (decoded and applied to an engine or a slot map), and the
+//! bearer token a call carries and the tokens file it is checked against.
+//! Inputs are arbitrary bytes and valid encodings mutated byte by byte
+//! (flipped, inserted, deleted, cut short), which reach far deeper than
+//! random bytes alone. The property: nothing panics, and every refusal of
+//! a request names the field at fault.
 //!
 //! `FUZZ_CASES` sets the cases per target (default 2,000, which CI runs);
 //! the README gives the figures of a long run.
@@ -13,6 +14,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use leasehold::auth;
 use leasehold::engine::{
     self, Command, Engine, EngineConfig, EngineError, MemStore, Quotas, ReleaseRequest,
 };
@@ -23,6 +25,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
 
 const SLOTS: u32 = 64;
 
@@ -100,13 +103,7 @@ fn inputs(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn engine() -> Engine<MemStore> {
-    Engine::new(
-        MemStore::new(),
-        EngineConfig {
-            dedup_window_ms: DEDUP_WINDOW_MS_MAX,
-            slot_count: SLOTS,
-        },
-    )
+    Engine::new(MemStore::new(), EngineConfig { slot_count: SLOTS })
 }
 
 /// A request's conversion fails only by naming the field at fault.
@@ -151,7 +148,12 @@ impl Reached {
 }
 
 fn apply(engine: &mut Engine<MemStore>, stamp_ms: u64, cmd: &Command, reached: &Reached) {
-    apply_within(engine, stamp_ms, &Quotas::NONE, cmd, reached);
+    // Records outlive every input, as a window could be set to.
+    let quotas = Quotas {
+        dedup_window_ms: DEDUP_WINDOW_MS_MAX,
+        ..Quotas::NONE
+    };
+    apply_within(engine, stamp_ms, &quotas, cmd, reached);
 }
 
 fn apply_within(
@@ -411,6 +413,7 @@ fn engine_entry() -> Request {
             max_leases_per_scope: 1,
             max_keys_per_scope: 1,
             max_idempotency_records_per_group: 1,
+            dedup_window_ms: 1,
         },
         commands: Arc::from(vec![
             Command::Acquire(acquire),
@@ -502,4 +505,67 @@ fn peer_messages_decode_without_panicking() {
         let _ = peer::MetaProposal::decode(bytes.as_slice());
         let _ = peer::ElectRequest::decode(bytes.as_slice());
     });
+}
+
+/// The `authorization` metadata of a call, which anyone who can connect
+/// sends, and the tokens file: arbitrary and mutated values never panic
+/// the check; a refusal is UNAUTHENTICATED; only `Bearer ` and the known
+/// token (spaces around it aside) authenticate.
+#[test]
+fn bearer_tokens_and_tokens_files_are_checked_without_panicking() {
+    let token = auth::new_token();
+    let file = format!(
+        "[roles.all]\ngrants = [{{ prefix = \"\", rights = [\"lease\", \"cluster\"] }}]\n{}",
+        auth::token_entry("t", &token, &["all".to_string()])
+    );
+    let tokens = auth::Tokens::parse(&file).expect("a valid tokens file");
+    let header = |value: &[u8]| {
+        let mut metadata = MetadataMap::new();
+        let value = MetadataValue::try_from(value).ok()?;
+        metadata.insert("authorization", value);
+        Some(metadata)
+    };
+    let accepted = [format!("Bearer {token}"), format!("Bearer  {token} ")];
+    for value in &accepted {
+        let metadata = header(value.as_bytes()).expect("a header value");
+        let principal = tokens.authenticate(&metadata).expect("the known token");
+        assert_eq!(principal.name, "t");
+    }
+
+    let seeds: Vec<Vec<u8>> = accepted
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .chain([b"Bearer ".to_vec(), b"Basic dXNlcjpwYXNz".to_vec()])
+        .collect();
+    let refused = AtomicUsize::new(0);
+    fuzz(inputs(seeds), |bytes| {
+        let Some(metadata) = header(&bytes) else {
+            return;
+        };
+        let known = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t.trim() == token);
+        match tokens.authenticate(&metadata) {
+            Ok(_) => assert!(known, "{bytes:?} authenticated"),
+            Err(status) => {
+                assert!(!known, "the known token refused: {status:?}");
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    assert!(refused.into_inner() > 0, "no value was refused");
+
+    let files = AtomicUsize::new(0);
+    fuzz(inputs(vec![file.into_bytes()]), |bytes| {
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return;
+        };
+        if let Err(e) = auth::Tokens::parse(text) {
+            assert!(!e.to_string().is_empty(), "an error that says nothing");
+        }
+        files.fetch_add(1, Ordering::Relaxed);
+    });
+    assert!(files.into_inner() > 0, "no tokens file was parsed");
 }

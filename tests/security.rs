@@ -7,7 +7,7 @@
 //! - the peer port takes members only: a certificate the CA did not sign
 //!   for a member's host is refused at the handshake;
 //! - certificates and tokens are re-read without a restart (file change,
-//!   SIGHUP);
+//!   SIGHUP), the peer certificate for dialling peers as for listening;
 //! - a node on an address other than loopback refuses to start open
 //!   unless told `--insecure`.
 
@@ -26,7 +26,7 @@ use leasehold::proto::v1::{
 };
 use support::{channel, concurrency_acquire, leasehold_command, Cluster, ClusterConfig};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -136,10 +136,8 @@ fn tls_channel(
 ) -> Channel {
     let identity = identity.map(|(c, k)| (c.as_path(), k.as_path()));
     let tls = leasehold::tls::client_config(ca, identity, None).expect("readable PEM files");
-    Endpoint::from_shared(format!("https://{addr}"))
-        .expect("a valid URI")
-        .tls_config(tls)
-        .expect("a TLS config tonic takes")
+    leasehold::tls::endpoint(&addr.to_string(), Some(&tls))
+        .expect("a valid URI and a TLS config tonic takes")
         .connect_timeout(Duration::from_millis(500))
         .timeout(RPC_TIMEOUT)
         .connect_lazy()
@@ -512,6 +510,83 @@ async fn certificates_and_tokens_are_reread_without_a_restart() {
             .is_err_and(|e| e.contains("Unauthenticated") || e.contains("not one this node knows")),
         "expected the replaced token to be refused"
     );
+}
+
+/// The peer certificates of every node rotated to another CA's, without a
+/// restart: the nodes then dial each other with the new certificate and
+/// trust the new CA, so a node restarted afterwards (which reads only the
+/// new files) is reached by the others and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_certificates_are_rotated_without_a_restart() {
+    let old_pki = Pki::new();
+    let new_pki = Pki::new();
+    let old_cert = old_pki.issue("node", &["127.0.0.1"]);
+    let new_cert = new_pki.issue("node", &["127.0.0.1"]);
+    // The nodes read their peer certificate and CA from files of their own.
+    let files = tempfile::tempdir().expect("a temp dir");
+    let (cert, key, ca) = (
+        files.path().join("node.pem"),
+        files.path().join("node-key.pem"),
+        files.path().join("ca.pem"),
+    );
+    std::fs::copy(&old_cert.0, &cert).unwrap();
+    std::fs::copy(&old_cert.1, &key).unwrap();
+    std::fs::copy(old_pki.ca(), &ca).unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let mut cluster = Cluster::start(ClusterConfig {
+        nodes: 3,
+        extra_args: vec![
+            "--peer-tls-cert-file".into(),
+            path(&cert),
+            "--peer-tls-key-file".into(),
+            path(&key),
+            "--peer-tls-ca-file".into(),
+            path(&ca),
+        ],
+        ..ClusterConfig::default()
+    })
+    .await;
+    let reloads = |text: &str| support::metric_sum(text, "leasehold_reloads_total");
+    let mut before = Vec::new();
+    for id in cluster.ids() {
+        before.push(reloads(&cluster.metrics(id).await));
+    }
+
+    replace(&ca, &std::fs::read(new_pki.ca()).unwrap());
+    replace(&key, &std::fs::read(&new_cert.1).unwrap());
+    replace(&cert, &std::fs::read(&new_cert.0).unwrap());
+    for (id, before) in cluster.ids().into_iter().zip(before) {
+        let cluster = &cluster;
+        eventually(
+            &format!("node {id} to re-read its peer certificate"),
+            || async move {
+                let now = reloads(&cluster.metrics(id).await);
+                (now > before)
+                    .then_some(())
+                    .ok_or_else(|| format!("{now} reloads counted, {before} before"))
+            },
+        )
+        .await;
+    }
+
+    // Node 3 goes down; every group takes writes without it; it comes back
+    // with the new files only, and the leaders must dial it anew.
+    cluster.kill(3);
+    let client = cluster.client(1);
+    for i in 0..24 {
+        let name = format!("rotated-{i}");
+        let request = concurrency_acquire(&name, "k", 10, &name, 60_000, None);
+        support::retry_transient("an acquire while node 3 is down", RELOAD_TIMEOUT, || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.acquire(request).await }
+        })
+        .await
+        .expect("an acquire with two of three nodes up");
+    }
+    cluster.restart(3);
+    cluster.wait_ready(3, RELOAD_TIMEOUT).await;
+    let all = cluster.wait_digests_converge(RELOAD_TIMEOUT).await;
+    support::assert_same_state(&all, cluster.groups());
 }
 
 #[test]

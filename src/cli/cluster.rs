@@ -11,7 +11,6 @@ use leasehold::proto::v1::leasehold_client::LeaseholdClient;
 use leasehold::proto::v1::{GetNodeDigestRequest, GroupDigest};
 use leasehold::raft::META_GROUP;
 use serde_json::{json, Value};
-use tonic::transport::Endpoint;
 use tonic::Status;
 
 use super::table::Table;
@@ -131,18 +130,9 @@ async fn digest(
     config: &ClientConfig,
     timeout: Duration,
 ) -> Result<Vec<GroupDigest>, Status> {
-    let (scheme, tls) = match &config.tls {
-        Some(tls) => ("https", Some(tls.tonic_config()?)),
-        None => ("http", None),
-    };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-        .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?;
-    if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Status::invalid_argument(format!("tls: {e}")))?;
-    }
-    let channel = endpoint
+    let tls = config.tls.as_ref().map(|t| t.tonic_config()).transpose()?;
+    let channel = leasehold::tls::endpoint(address, tls.as_ref())
+        .map_err(|e| Status::invalid_argument(format!("node address {address}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT.min(timeout))
         .connect_lazy();
     let mut request = tonic::Request::new(GetNodeDigestRequest {});

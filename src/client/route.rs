@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::mux::{Mux, MuxError, Tagged};
@@ -284,15 +284,8 @@ impl Router {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("node address {addr}: {e}")))?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| Status::invalid_argument(format!("tls: {e}")))?;
-        }
-        let ch = endpoint
+        let ch = crate::tls::endpoint(addr, self.tls.as_ref())
+            .map_err(|e| Status::invalid_argument(format!("node address {addr}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             // A node gone silent (paused, cut off) breaks the connection

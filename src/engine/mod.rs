@@ -29,12 +29,11 @@ use constraint::View;
 
 use crate::slot::{self, Slot};
 
-/// Settings every replica of a group must share.
+/// Settings every replica of a group must share, fixed when the cluster
+/// is created. (What a leader may change, such as quotas and the dedup
+/// window, travels in each entry instead: see [`Quotas`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// How long an idempotency record outlives what it recorded (for a
-    /// grant: the end of its lease; for a denial: the denial).
-    pub dedup_window_ms: u64,
     /// The cluster's hash slots (fixed at creation): a lease id carries its
     /// scope's slot, and each slot counts its own grants (see
     /// [`crate::slot::lease_id`]).
@@ -44,7 +43,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
             slot_count: crate::slot::SLOT_COUNT_DEFAULT,
         }
     }
@@ -132,17 +130,26 @@ impl<S: Store> Engine<S> {
                 self.acquire(r, key, quotas, now_ms)?
             }
             Command::Extend(r) => self.extend(r, now_ms)?,
-            Command::Release(r) => self.release(r, now_ms)?,
+            Command::Release(r) => self.release(r, quotas.dedup_window_ms, now_ms)?,
             Command::SetCapacity(r) => {
                 self.admit_capacity(&r.scope, &r.key, r.capacity, quotas, now_ms)?;
                 self.set_capacity(&r.scope, &r.key, r.capacity, now_ms)
             }
             Command::AdjustCapacity(r) => self.adjust_capacity(r, quotas, now_ms)?,
             Command::Admin(r) => self.admin(r, now_ms),
-            Command::Expire { until_ms } => Outcome::Expired(self.purge((*until_ms).min(now_ms))),
+            Command::Expire { until_ms } => {
+                Outcome::Expired(self.purge((*until_ms).min(now_ms), quotas.dedup_window_ms))
+            }
         };
         if let Some((key, fingerprint)) = dedup {
-            self.remember(key, fingerprint, cmd, &outcome, now_ms);
+            self.remember(
+                key,
+                fingerprint,
+                cmd,
+                &outcome,
+                quotas.dedup_window_ms,
+                now_ms,
+            );
         }
         Ok(Applied {
             outcome,
@@ -376,6 +383,7 @@ impl<S: Store> Engine<S> {
         fingerprint: u64,
         cmd: &Command,
         outcome: &Outcome,
+        window_ms: u64,
         now_ms: u64,
     ) {
         let Some(recorded) = Self::recorded(cmd, outcome, now_ms) else {
@@ -385,7 +393,7 @@ impl<S: Store> Engine<S> {
         // starts the window (see `end_lease`).
         let drop_at_ms = match outcome {
             Outcome::Granted(_) => None,
-            _ => Some(now_ms + self.config.dedup_window_ms),
+            _ => Some(now_ms.saturating_add(window_ms)),
         };
         if let Some(at) = drop_at_ms {
             self.store.insert_deadline(at, Deadline::Dedup(key));
@@ -651,11 +659,11 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    fn release(&mut self, r: &ReleaseRequest, now_ms: u64) -> Result<Outcome> {
+    fn release(&mut self, r: &ReleaseRequest, window_ms: u64, now_ms: u64) -> Result<Outcome> {
         let was_held = self.live_lease(&r.scope, r.lease_id, now_ms)?.is_some();
         // An expired lease the scavenger has not reached yet ends here too.
         if self.store.lease(r.lease_id).is_some() {
-            self.end_lease(r.lease_id, now_ms);
+            self.end_lease(r.lease_id, window_ms, now_ms);
         }
         Ok(Outcome::Released {
             lease_id: r.lease_id,
@@ -664,7 +672,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// Removes a lease and its holds, and starts its acquire record's window.
-    fn end_lease(&mut self, lease_id: LeaseId, now_ms: u64) -> u64 {
+    fn end_lease(&mut self, lease_id: LeaseId, window_ms: u64, now_ms: u64) -> u64 {
         let lease = self
             .store
             .remove_lease(lease_id)
@@ -695,7 +703,7 @@ impl<S: Store> Engine<S> {
             }
         }
         let key = lease.acquire;
-        let drop_at_ms = now_ms + self.config.dedup_window_ms;
+        let drop_at_ms = now_ms.saturating_add(window_ms);
         if let Some(rec) = self.store.dedup_mut(&key) {
             rec.drop_at_ms = Some(drop_at_ms);
             self.store.insert_deadline(drop_at_ms, Deadline::Dedup(key));
@@ -763,7 +771,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// The scavenger: handles every deadline at or before `until_ms`.
-    fn purge(&mut self, until_ms: u64) -> PurgeReport {
+    fn purge(&mut self, until_ms: u64, window_ms: u64) -> PurgeReport {
         let mut report = PurgeReport::default();
         while let Some((at_ms, deadline)) = self.store.first_deadline() {
             if at_ms > until_ms {
@@ -773,7 +781,7 @@ impl<S: Store> Engine<S> {
             match deadline {
                 Deadline::Lease(id) => {
                     report.leases_expired += 1;
-                    report.units_freed += self.end_lease(id, until_ms);
+                    report.units_freed += self.end_lease(id, window_ms, until_ms);
                 }
                 Deadline::Dedup(key) => {
                     self.store.remove_dedup(&key);

@@ -41,7 +41,7 @@ impl<S: Store> Engine<S> {
         if !full(self) || self.ends_live_lease(cmd, now_ms) {
             return Ok(());
         }
-        self.purge(now_ms);
+        self.purge(now_ms, quotas.dedup_window_ms);
         if !full(self) {
             return Ok(());
         }
@@ -76,7 +76,7 @@ impl<S: Store> Engine<S> {
         if self.grant_refusal(&id, ids, quotas).is_none() {
             return Ok(());
         }
-        self.purge(now_ms);
+        self.purge(now_ms, quotas.dedup_window_ms);
         match self.grant_refusal(&id, ids, quotas) {
             None => Ok(()),
             Some((quota, held, adding, bound)) => Err(EngineError::QuotaExceeded {
@@ -139,7 +139,7 @@ impl<S: Store> Engine<S> {
         if !full(self) {
             return Ok(());
         }
-        self.purge(now_ms);
+        self.purge(now_ms, quotas.dedup_window_ms);
         if !full(self) {
             return Ok(());
         }

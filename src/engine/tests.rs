@@ -220,16 +220,18 @@ fn set_quotas(quotas: &mut Quotas, a: &Args) -> String {
         max_leases_per_scope: bound("leases"),
         max_keys_per_scope: bound("keys"),
         max_idempotency_records_per_group: bound("records"),
+        dedup_window_ms: a.opt("window").unwrap_or(quotas.dedup_window_ms),
     };
     let show = |v: u64| match v {
         u64::MAX => "none".to_string(),
         v => v.to_string(),
     };
     format!(
-        "quotas leases={} keys={} records={}\n",
+        "quotas leases={} keys={} records={} window={}\n",
         show(quotas.max_leases_per_scope),
         show(quotas.max_keys_per_scope),
-        show(quotas.max_idempotency_records_per_group)
+        show(quotas.max_idempotency_records_per_group),
+        quotas.dedup_window_ms
     )
 }
 
@@ -391,12 +393,12 @@ fn run_file(path: &Path) {
     let blocks = parse(&text);
     // One slot: every scope's lease ids are its slot's plain counter, so
     // the scripts read `lease=3`, not the slot in the high bits.
-    let config = EngineConfig {
-        dedup_window_ms: 10_000,
-        slot_count: 1,
-    };
+    let config = EngineConfig { slot_count: 1 };
     let mut engine = Engine::new(MemStore::new(), config);
-    let mut quotas = Quotas::NONE;
+    let mut quotas = Quotas {
+        dedup_window_ms: 10_000,
+        ..Quotas::NONE
+    };
     let rewrite = std::env::var_os("LEASEHOLD_REWRITE").is_some();
     let mut rewritten = String::new();
     let mut failures = Vec::new();

@@ -232,9 +232,9 @@ impl Command {
     }
 }
 
-/// Bounds on what the replicated state may hold, which the leader stamps
-/// into every entry it proposes, beside its time (see
-/// `crate::raft::Request::Engine`).
+/// Bounds on what the replicated state may hold, and for how long it keeps
+/// idempotency records, which the leader stamps into every entry it
+/// proposes, beside its time (see `crate::raft::Request::Engine`).
 ///
 /// They travel in the log, not in each replica's configuration, because
 /// the engine must decide alike on every replica: a bound read from a
@@ -258,14 +258,20 @@ pub struct Quotas {
     pub max_keys_per_scope: u64,
     /// Idempotency records the group may keep.
     pub max_idempotency_records_per_group: u64,
+    /// How long an idempotency record outlives what it recorded (for a
+    /// grant: the end of its lease; for a denial: the denial). A record
+    /// keeps the window of the entry that recorded it or ended its lease.
+    pub dedup_window_ms: u64,
 }
 
 impl Quotas {
-    /// No bounds: for tests and benchmarks that apply commands directly.
+    /// No bounds on counts, and the default dedup window: for tests and
+    /// benchmarks that apply commands directly.
     pub const NONE: Quotas = Quotas {
         max_leases_per_scope: u64::MAX,
         max_keys_per_scope: u64::MAX,
         max_idempotency_records_per_group: u64::MAX,
+        dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
     };
 }
 
@@ -276,6 +282,7 @@ impl Default for Quotas {
             max_leases_per_scope: LEASES_PER_SCOPE_DEFAULT,
             max_keys_per_scope: KEYS_PER_SCOPE_DEFAULT,
             max_idempotency_records_per_group: IDEMPOTENCY_RECORDS_PER_GROUP_DEFAULT,
+            dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let security = Arc::new(security::Security::load(&config)?);
     let node = Node::open(
         config,
-        security.peer_dial.clone(),
+        security.peer_dial.subscribe(),
         Some(Box::new(exit_on_storage_fault)),
     )?;
     tracing::info!(

@@ -30,7 +30,9 @@ use openraft::raft::{
 use openraft::{BasicNode, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tokio::sync::watch;
+use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::Status;
 
 use crate::config::Member;
 use crate::mux::{Mux, MuxError, Tagged};
@@ -48,24 +50,63 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Where each member listens, and one lazily connected channel per peer
 /// port dialled, for the node-to-node API and for forwarded requests.
 /// Channels reconnect by themselves after a failure.
-#[derive(Default)]
 pub struct Peers {
     /// The configured members by node id. They, not the addresses a
     /// group's membership recorded when it was created, say where a node
     /// listens now.
     members: BTreeMap<NodeId, Member>,
-    channels: Mutex<HashMap<String, Channel>>,
+    dial: Arc<Dial>,
     links: Mutex<HashMap<String, Arc<RaftLink>>>,
-    /// Mutual TLS to every peer port; `None`: plaintext.
-    tls: Option<ClientTlsConfig>,
+}
+
+/// How this node dials peer ports: mutual TLS with the settings in force
+/// (`None`: plaintext), and the channel made for each port. When the
+/// settings change (its peer certificate was re-read), channels made from
+/// then on use the new ones; connections already open carry on.
+struct Dial {
+    state: Mutex<DialState>,
+}
+
+struct DialState {
+    tls: watch::Receiver<Option<ClientTlsConfig>>,
+    channels: HashMap<String, Channel>,
+}
+
+impl Dial {
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut state = self.state.lock().expect("peer channel table lock");
+        let DialState { tls, channels } = &mut *state;
+        if tls.has_changed().unwrap_or(false) {
+            tls.borrow_and_update();
+            channels.clear();
+        }
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let config = tls.borrow().clone();
+        let ch = crate::tls::endpoint(addr, config.as_ref())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
 }
 
 impl Peers {
-    pub fn new(members: &[Member], tls: Option<ClientTlsConfig>) -> Peers {
+    /// `tls` says how to dial peer ports, now and after each change.
+    pub fn new(members: &[Member], tls: watch::Receiver<Option<ClientTlsConfig>>) -> Peers {
         Peers {
             members: members.iter().map(|m| (m.node_id, m.clone())).collect(),
-            tls,
-            ..Peers::default()
+            dial: Arc::new(Dial {
+                state: Mutex::new(DialState {
+                    tls,
+                    channels: HashMap::new(),
+                }),
+            }),
+            links: Mutex::default(),
         }
     }
 
@@ -82,23 +123,7 @@ impl Peers {
 
     /// The channel to the port at `addr` (`host:port`).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().expect("peer table lock");
-        if let Some(ch) = channels.get(addr) {
-            return Ok(ch.clone());
-        }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        let ch = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        channels.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.dial.channel(addr)
     }
 
     pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
@@ -112,7 +137,8 @@ impl Peers {
         if let Some(link) = links.get(addr) {
             return Ok(Arc::clone(link));
         }
-        let link = Arc::new(raft_link(self.peer(addr)?));
+        self.dial.channel(addr)?;
+        let link = Arc::new(raft_link(Arc::clone(&self.dial), addr.to_string()));
         links.insert(addr.to_string(), Arc::clone(&link));
         Ok(link)
     }
@@ -128,10 +154,18 @@ impl Tagged for RaftResult {
     }
 }
 
-fn raft_link(client: PeerClient<Channel>) -> RaftLink {
+/// Each time the stream (re)opens, it takes the port's channel as it is
+/// then: after the TLS settings changed, a new one.
+fn raft_link(dial: Arc<Dial>, addr: String) -> RaftLink {
     Mux::new(move |calls| {
-        let mut client = client.clone();
-        Box::pin(async move { Ok(client.raft_stream(calls).await?.into_inner()) })
+        let channel = dial.channel(&addr);
+        Box::pin(async move {
+            let channel = channel.map_err(|e| Status::unavailable(format!("peer channel: {e}")))?;
+            Ok(PeerClient::new(channel)
+                .raft_stream(calls)
+                .await?
+                .into_inner())
+        })
     })
 }
 

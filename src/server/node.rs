@@ -55,12 +55,11 @@ pub enum Readiness {
 
 impl Node {
     /// Opens the node's database; `on_fault` runs on its first storage
-    /// fault (the server's exits the process).
-    /// Opens the node's database. `peer_dial` is how it dials its peers'
-    /// ports: `None` in plaintext.
+    /// fault (the server's exits the process). `peer_dial` is how it dials
+    /// its peers' ports (`None`: in plaintext), now and after each change.
     pub fn open(
         config: Config,
-        peer_dial: Option<tonic::transport::ClientTlsConfig>,
+        peer_dial: tokio::sync::watch::Receiver<Option<tonic::transport::ClientTlsConfig>>,
         on_fault: Option<FaultHandler>,
     ) -> Result<Arc<Node>, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -114,7 +113,6 @@ impl Node {
             node_id: self.id,
             raft: Arc::new(raft),
             engine: EngineConfig {
-                dedup_window_ms: c.dedup_window_ms,
                 slot_count: c.slots,
             },
             quotas: c.quotas(),
@@ -607,7 +605,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         };
-        let node = Node::open(config, None, None).unwrap();
+        let node = Node::open(config, tokio::sync::watch::channel(None).1, None).unwrap();
         assert_eq!(node.readiness(), Readiness::Starting);
         node.ready.store(true, Ordering::Release);
         assert!(node.is_ready());

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
+use tonic::transport::ClientTlsConfig;
 use tonic::Status;
 
 use crate::auth::{Principal, Tokens, TokensError};
@@ -67,16 +69,19 @@ fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// A node's TLS and token settings, loaded once at start.
-#[derive(Default)]
+/// A node's TLS and token settings, loaded at start and re-read as their
+/// files change.
 pub struct Security {
     /// The client port's TLS; `None`: plaintext.
     pub client_tls: Option<Arc<ServerTls>>,
     /// The peer port's mutual TLS; `None`: plaintext.
     pub peer_tls: Option<Arc<ServerTls>>,
     /// How this node dials its peers' ports: with its peer certificate,
-    /// trusting the peer CA. `None`: plaintext.
-    pub peer_dial: Option<tonic::transport::ClientTlsConfig>,
+    /// trusting the peer CA (`None`: plaintext); renewed whenever the peer
+    /// port's files are re-read.
+    pub peer_dial: watch::Sender<Option<ClientTlsConfig>>,
+    /// The peer port's files, which [`Security::peer_dial`] is made from.
+    peer_files: Option<TlsFiles>,
     /// Tokens for client calls; `None`: every call is allowed.
     pub auth: Option<Arc<Auth>>,
 }
@@ -115,7 +120,7 @@ impl Security {
             }
             _ => None,
         };
-        let (peer_tls, peer_dial) = match (
+        let (peer_tls, peer_dial, peer_files) = match (
             &config.peer_tls_cert_file,
             &config.peer_tls_key_file,
             &config.peer_tls_ca_file,
@@ -132,13 +137,12 @@ impl Security {
                     key: key.clone(),
                     ca: Some(ca.clone()),
                 };
-                let listen = ServerTls::load("peer port", files, Callers::Members(hosts))
+                let listen = ServerTls::load("peer port", files.clone(), Callers::Members(hosts))
                     .map_err(tls_err("peer_tls_cert_file"))?;
-                let dial = tls::client_config(ca, Some((cert, key)), None)
-                    .map_err(tls_err("peer_tls_cert_file"))?;
-                (Some(listen), Some(dial))
+                let dial = dial_config(&files).map_err(tls_err("peer_tls_cert_file"))?;
+                (Some(listen), Some(dial), Some(files))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let auth = match &config.auth_tokens_file {
             Some(path) => Some(Auth::load(path.clone())?),
@@ -147,7 +151,8 @@ impl Security {
         Ok(Security {
             client_tls,
             peer_tls,
-            peer_dial,
+            peer_dial: watch::Sender::new(peer_dial),
+            peer_files,
             auth,
         })
     }
@@ -178,18 +183,23 @@ impl Security {
     }
 
     fn reload(&self, force: bool) {
-        for tls in [&self.client_tls, &self.peer_tls].into_iter().flatten() {
-            match tls.reload(force) {
-                Ok(true) => {
-                    metrics::counter!("leasehold_reloads_total", "what" => tls.name(), "result" => "ok")
-                        .increment(1);
-                    tracing::info!(port = tls.name(), "TLS certificates re-read");
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    metrics::counter!("leasehold_reloads_total", "what" => tls.name(), "result" => "error")
-                        .increment(1);
-                    tracing::error!(port = tls.name(), error = %e, "TLS certificates not re-read: the previous ones stay in use");
+        if let Some(tls) = &self.client_tls {
+            reload_tls(tls, force);
+        }
+        if let (Some(tls), Some(files)) = (&self.peer_tls, &self.peer_files) {
+            if reload_tls(tls, force) {
+                // Read again, not shared with the listener: the same files,
+                // checked a moment ago.
+                match dial_config(files) {
+                    Ok(dial) => {
+                        self.peer_dial.send_replace(Some(dial));
+                        tracing::info!(
+                            "connections to peers made from now on show the new peer certificate"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "peer certificate not re-read for dialling: connections to peers keep the previous one");
+                    }
                 }
             }
         }
@@ -209,4 +219,34 @@ impl Security {
             }
         }
     }
+}
+
+/// Re-reads `tls`'s files if they changed (or if `force`); whether new
+/// certificates took effect.
+fn reload_tls(tls: &ServerTls, force: bool) -> bool {
+    match tls.reload(force) {
+        Ok(true) => {
+            metrics::counter!("leasehold_reloads_total", "what" => tls.name(), "result" => "ok")
+                .increment(1);
+            tracing::info!(port = tls.name(), "TLS certificates re-read");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            metrics::counter!("leasehold_reloads_total", "what" => tls.name(), "result" => "error")
+                .increment(1);
+            tracing::error!(port = tls.name(), error = %e, "TLS certificates not re-read: the previous ones stay in use");
+            false
+        }
+    }
+}
+
+/// How a node dials its peers: showing its peer certificate, trusting the
+/// peer CA.
+fn dial_config(files: &TlsFiles) -> Result<ClientTlsConfig, TlsError> {
+    let ca = files
+        .ca
+        .as_deref()
+        .expect("the peer port's files name a CA");
+    tls::client_config(ca, Some((&files.cert, &files.key)), None)
 }

@@ -15,7 +15,7 @@ use leasehold::client::{bearer, with_token, SessionChannel, Streamable, Token};
 use leasehold::proto::v1::leasehold_client::LeaseholdClient;
 use leasehold::proto::v1::{GetSlotMapRequest, SlotMap};
 use leasehold::wire::error_detail;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::cluster::{Creds, Node};
@@ -62,16 +62,8 @@ impl Clients {
         let channels = nodes
             .iter()
             .map(|node| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                let mut endpoint =
-                    Endpoint::from_shared(format!("{scheme}://{}", node.grpc_addr()))
-                        .expect("an IP address and port make a URI");
-                if let Some(tls) = &tls {
-                    endpoint = endpoint
-                        .tls_config(tls.clone())
-                        .expect("a TLS config tonic takes");
-                }
-                let channel = endpoint
+                let channel = leasehold::tls::endpoint(&node.grpc_addr(), tls.as_ref())
+                    .expect("an IP address and port make a URI")
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(KEEPALIVE)
