@@ -329,6 +329,16 @@ pub fn new_token() -> String {
     format!("lh_{}", hex(&bytes))
 }
 
+/// The tokens-file entry of role `name`: `rights` on every scope that
+/// begins with `prefix`.
+pub fn role_entry(name: &str, prefix: &str, rights: &[Right]) -> String {
+    let rights: Vec<String> = rights.iter().map(|r| format!("{:?}", r.as_str())).collect();
+    format!(
+        "[roles.{name:?}]\ngrants = [{{ prefix = {prefix:?}, rights = [{}] }}]\n",
+        rights.join(", ")
+    )
+}
+
 /// The tokens-file entry for `token`, named `name`, with `roles`.
 pub fn token_entry(name: &str, token: &str, roles: &[String]) -> String {
     let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
@@ -442,6 +452,25 @@ grants = [{{ prefix = "", rights = ["lease", "inspect", "capacity", "admin", "cl
             let err = Tokens::parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn written_roles_and_tokens_load_as_written() {
+        let token = new_token();
+        let file = format!(
+            "{}{}",
+            role_entry("tenant-a", "a/", &[Right::Lease, Right::Inspect]),
+            token_entry("worker", &token, &["tenant-a".to_string()])
+        );
+        let tokens = Tokens::parse(&file).expect("a file the helpers wrote loads");
+        let who = tokens
+            .authenticate(&metadata(&token))
+            .expect("the written token authenticates");
+        assert_eq!(who.name, "worker");
+        who.authorize(Right::Inspect, "a/x", "inspect")
+            .expect("a granted right on the prefix");
+        assert!(who.authorize(Right::Admin, "a/x", "reset").is_err());
+        assert!(who.authorize(Right::Lease, "b/x", "acquire").is_err());
     }
 
     #[test]

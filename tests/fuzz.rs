@@ -519,7 +519,8 @@ fn peer_messages_decode_without_panicking() {
 fn bearer_tokens_and_tokens_files_are_checked_without_panicking() {
     let token = auth::new_token();
     let file = format!(
-        "[roles.all]\ngrants = [{{ prefix = \"\", rights = [\"lease\", \"cluster\"] }}]\n{}",
+        "{}{}",
+        auth::role_entry("all", "", &[auth::Right::Lease, auth::Right::Cluster]),
         auth::token_entry("t", &token, &["all".to_string()])
     );
     let tokens = auth::Tokens::parse(&file).expect("a valid tokens file");

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use leasehold::auth;
 use leasehold::client::{Acquire, Acquired, Client, ClientConfig};
 use leasehold::proto::v1;
 use leasehold::slot::SLOT_COUNT_DEFAULT;
@@ -137,10 +138,7 @@ impl Secure {
             "127.0.0.1",
         ])?;
         let tokens = dir.join("tokens.toml");
-        std::fs::write(
-            &tokens,
-            "[roles.all]\ngrants = [{ prefix = \"\", rights = [\"lease\", \"inspect\", \"capacity\", \"admin\", \"cluster\"] }]\n",
-        )?;
+        std::fs::write(&tokens, auth::role_entry("all", "", &auth::Right::ALL))?;
         let tokens_arg = tokens.display().to_string();
         let token = run(&[
             "token",

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use leasehold::auth;
 
 use super::docker::Docker;
 use super::netns::Netns;
@@ -84,10 +85,7 @@ impl Creds {
         )
         .await?;
         let tokens = dir.join("tokens.toml");
-        std::fs::write(
-            &tokens,
-            "[roles.harness]\ngrants = [{ prefix = \"\", rights = [\"lease\", \"inspect\", \"capacity\", \"admin\", \"cluster\"] }]\n",
-        )?;
+        std::fs::write(&tokens, auth::role_entry("harness", "", &auth::Right::ALL))?;
         let t = tokens.display().to_string();
         let token = sh(
             &bin,
